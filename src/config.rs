@@ -1,0 +1,511 @@
+//! The configuration: a TOML file, then `REDIS_SESSION_EXPORTER_<SECTION>__<KEY>` environment
+//! overrides, then command-line flags, merged by figment and validated in one place.
+//!
+//! Unknown keys are errors, and every error names the key it is about, because a typo that is
+//! silently ignored is the worst kind of misconfiguration for a daemon nobody watches start.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::SecretString;
+use crate::snapshot::Limits;
+
+/// Prefix of the environment overrides; `__` separates section and key.
+pub const ENV_PREFIX: &str = "REDIS_SESSION_EXPORTER_";
+
+/// Label names the exporter itself puts on series; an instance's own labels may not reuse them.
+pub const RESERVED_LABELS: &[&str] = &[
+    "instance_id",
+    "node_id",
+    "source",
+    "command",
+    "db",
+    "flag",
+    "client_name",
+    "kind",
+    "le",
+    "code",
+    "version",
+    "provider",
+    "region",
+    "user",
+    "library",
+    // Prometheus target labels: a clash would be renamed `exported_*` at scrape time.
+    "instance",
+    "job",
+];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub das: DasConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+    #[serde(default)]
+    pub instances: Vec<InstanceConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 10379)),
+        }
+    }
+}
+
+/// `[das]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DasConfig {
+    /// `http(s)://host[:port]`; the only public endpoint is in cn-shanghai, whatever the region.
+    pub endpoint: String,
+    /// Per request, body included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Bodies larger than this are cut off while reading and count as `invalid_response`.
+    pub max_body_bytes: u64,
+}
+
+impl Default for DasConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://das.cn-shanghai.aliyuncs.com".into(),
+            timeout: Duration::from_secs(10),
+            max_body_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[poll]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub concurrency: usize,
+    pub max_requests_per_second: f64,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            concurrency: 4,
+            max_requests_per_second: 5.0,
+        }
+    }
+}
+
+/// `[credentials]`: which provider signs requests. The secret itself is never a config value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// `default` (the SDK chain), or one provider pinned.
+    pub provider: String,
+    pub access_key_id: Option<String>,
+    /// A file holding the AccessKey secret (Kubernetes Secrets arrive as files).
+    pub access_key_secret_file: Option<PathBuf>,
+    /// Refused by validation: accepted by the parser only to explain why.
+    #[serde(skip_serializing)]
+    pub access_key_secret: Option<SecretString>,
+    /// STS endpoint for OIDC/RRSA; a bare host means https.
+    pub sts_endpoint: Option<String>,
+    pub ecs_metadata_endpoint: Option<String>,
+    pub role_session_name: Option<String>,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        Self {
+            provider: "default".into(),
+            access_key_id: None,
+            access_key_secret_file: None,
+            access_key_secret: None,
+            sts_endpoint: None,
+            ecs_metadata_endpoint: None,
+            role_session_name: None,
+        }
+    }
+}
+
+/// Where an instance's sessions come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// DAS `GetRedisAllSession`.
+    #[default]
+    Das,
+}
+
+/// `[[instances]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub id: String,
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Extra labels for `redis_session_instance_info`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl InstanceConfig {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            source: SourceKind::Das,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.reason)
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<KeyError>),
+}
+
+impl Config {
+    /// Reads `path`, applies the environment and `overrides`, and validates.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_sources(&text, std::env::vars(), overrides)
+    }
+
+    /// [`Config::load`] with the file text and the environment passed in (tests use this).
+    pub fn from_sources(
+        toml_text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        // Only our prefix is looked at; figment's Env lower-cases keys and splits on `__`.
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let mut fig = Figment::new().merge(Toml::string(toml_text));
+        for (k, v) in &env {
+            let key = k[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+            // Parsed the way figment's own `Env` provider parses (numbers, booleans, else a
+            // string); done by hand so tests can pass the environment in.
+            let value: figment::value::Value = v.parse().unwrap_or_else(|e| match e {});
+            fig = fig.merge((key, value));
+        }
+        if let Some(listen) = overrides.listen {
+            fig = fig.merge(("server.listen", listen.to_string()));
+        }
+        let cfg: Config = fig.extract().map_err(figment_errors)?;
+        cfg.validate().map_err(ConfigError::Invalid)?;
+        Ok(cfg)
+    }
+
+    /// Every semantic check, all reported at once.
+    pub fn validate(&self) -> Result<(), Vec<KeyError>> {
+        let mut errs = Vec::new();
+        let mut err = |key: &str, reason: String| {
+            errs.push(KeyError {
+                key: key.to_owned(),
+                reason,
+            })
+        };
+
+        match reqwest::Url::parse(&self.das.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => err(
+                "das.endpoint",
+                format!("{:?} is not an http(s)://host[:port] URL", self.das.endpoint),
+            ),
+        }
+        if self.das.timeout.is_zero() {
+            err("das.timeout", "must be greater than zero".into());
+        }
+        if self.das.max_body_bytes < 1024 {
+            err("das.max_body_bytes", "must be at least 1024".into());
+        }
+        if self.poll.interval < Duration::from_secs(1) {
+            err("poll.interval", "must be at least 1s".into());
+        }
+        if self.poll.concurrency == 0 {
+            err("poll.concurrency", "must be at least 1".into());
+        }
+        if !(self.poll.max_requests_per_second.is_finite() && self.poll.max_requests_per_second > 0.0)
+        {
+            err(
+                "poll.max_requests_per_second",
+                "must be a number greater than zero".into(),
+            );
+        }
+        if self.credentials.access_key_secret.is_some() {
+            err(
+                "credentials.access_key_secret",
+                "a secret inline in a config file ends up in version control; put it in a file \
+                 and set credentials.access_key_secret_file, or use the environment"
+                    .into(),
+            );
+        }
+        const PROVIDERS: &[&str] = &["default", "env", "static", "oidc", "profile", "file", "ecs_ram_role"];
+        if !PROVIDERS.contains(&self.credentials.provider.as_str()) {
+            err(
+                "credentials.provider",
+                format!(
+                    "unknown provider {:?}; expected one of {}",
+                    self.credentials.provider,
+                    PROVIDERS.join(", ")
+                ),
+            );
+        }
+
+        let mut seen = HashSet::new();
+        for (i, inst) in self.instances.iter().enumerate() {
+            let key = format!("instances[{i}].id");
+            if inst.id.trim().is_empty() {
+                err(&key, "must not be empty".into());
+            } else if !seen.insert(inst.id.as_str()) {
+                err(&key, format!("duplicate instance id {:?}", inst.id));
+            }
+            for name in inst.labels.keys() {
+                let key = format!("instances[{i}].labels.{name}");
+                if let Err(reason) = check_label_name(name) {
+                    err(&key, reason);
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The effective configuration as TOML, for `check-config`. Holds no secret by construction:
+    /// secrets are only ever file paths here, and the refused inline one is never serialised.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Prometheus label-name rules, plus the exporter's reserved names.
+pub fn check_label_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+        ));
+    }
+    if name.starts_with("__") {
+        return Err(format!("{name:?}: names starting with __ are reserved by Prometheus"));
+    }
+    if RESERVED_LABELS.contains(&name) {
+        return Err(format!("{name:?} collides with a label the exporter sets itself"));
+    }
+    Ok(())
+}
+
+/// Turns figment's errors into key-named ones (figment prefixes paths with the profile name).
+fn figment_errors(e: figment::Error) -> ConfigError {
+    let errs = e
+        .into_iter()
+        .map(|e| {
+            let mut path: Vec<String> = e.path.clone();
+            if path.first().is_some_and(|p| p == "default") {
+                path.remove(0);
+            }
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+                path.push(field.clone());
+            }
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            KeyError {
+                key: if path.is_empty() { "(top level)".into() } else { path.join(".") },
+                reason: format!("{}{from}", e.kind),
+            }
+        })
+        .collect();
+    ConfigError::Invalid(errs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_sources(toml, Vec::new(), &Overrides::default())
+    }
+
+    fn load_env(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_sources(
+            toml,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &Overrides::default(),
+        )
+    }
+
+    fn error_text(r: Result<Config, ConfigError>) -> String {
+        r.expect_err("must be refused").to_string()
+    }
+
+    const MINIMAL: &str = "[[instances]]\nid = \"r-1\"\n";
+
+    #[test]
+    fn defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:10379");
+        assert_eq!(c.das.endpoint, "https://das.cn-shanghai.aliyuncs.com");
+        assert_eq!(c.das.timeout, Duration::from_secs(10));
+        assert_eq!(c.poll.interval, Duration::from_secs(60));
+        assert_eq!(c.poll.concurrency, 4);
+        assert_eq!(c.poll.max_requests_per_second, 5.0);
+        assert_eq!(c.limits, Limits { max_sources: 50, max_commands: 100, max_client_names: 50 });
+        assert_eq!(c.instances, vec![InstanceConfig::new("r-1")]);
+    }
+
+    #[test]
+    fn full_file_and_human_durations() {
+        let c = load(
+            r#"
+            [server]
+            listen = "127.0.0.1:9999"
+            [das]
+            endpoint = "http://127.0.0.1:8080"
+            timeout = "2s"
+            [poll]
+            interval = "2m"
+            concurrency = 2
+            max_requests_per_second = 0.5
+            [limits]
+            max_sources = 3
+            [[instances]]
+            id = "r-a"
+            labels = { env = "prod", team = "x" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.poll.interval, Duration::from_secs(120));
+        assert_eq!(c.das.timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_sources, 3);
+        assert_eq!(c.limits.max_commands, 100);
+        assert_eq!(c.instances[0].labels["env"], "prod");
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_both() {
+        let c = load_env(
+            "[poll]\ninterval = \"10s\"\n[[instances]]\nid = \"r-1\"\n",
+            &[
+                ("REDIS_SESSION_EXPORTER_POLL__INTERVAL", "30s"),
+                ("REDIS_SESSION_EXPORTER_POLL__CONCURRENCY", "9"),
+                ("REDIS_SESSION_EXPORTER_SERVER__LISTEN", "127.0.0.1:1"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.poll.interval, Duration::from_secs(30));
+        assert_eq!(c.poll.concurrency, 9);
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:1");
+        let c = Config::from_sources(
+            MINIMAL,
+            vec![("REDIS_SESSION_EXPORTER_SERVER__LISTEN".into(), "127.0.0.1:1".into())],
+            &Overrides { listen: Some("127.0.0.1:2".parse().unwrap()) },
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:2");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[poll]\nintervall = \"1s\"\n", "poll.intervall"),
+            ("[poll]\ninterval = \"soon\"\n", "poll.interval"),
+            ("[poll]\nconcurrency = 0\n[[instances]]\nid=\"a\"\n", "poll.concurrency"),
+            ("[poll]\nmax_requests_per_second = 0\n[[instances]]\nid=\"a\"\n", "poll.max_requests_per_second"),
+            ("[[instances]]\nid = \"\"\n", "instances[0].id"),
+            ("[[instances]]\nid = \"a\"\n[[instances]]\nid = \"a\"\n", "instances[1].id"),
+            ("[[instances]]\nid = \"a\"\nlabels = { \"bad-name\" = \"x\" }\n", "instances[0].labels.bad-name"),
+            ("[[instances]]\nid = \"a\"\nlabels = { node_id = \"x\" }\n", "instances[0].labels.node_id"),
+            ("[[instances]]\nid = \"a\"\nlabels = { __x = \"x\" }\n", "instances[0].labels.__x"),
+            ("[[instances]]\nidd = \"a\"\n", "instances"),
+            ("[das]\nendpoint = \"ftp://x\"\n", "das.endpoint"),
+            ("[credentials]\naccess_key_secret = \"oops-not-here\"\n", "credentials.access_key_secret"),
+            ("[credentials]\nprovider = \"magic\"\n", "credentials.provider"),
+            ("bogus = 1\n", "bogus"),
+        ];
+        for (toml, key) in cases {
+            let text = error_text(load(toml));
+            assert!(text.contains(&format!("`{key}")), "{toml:?}: {text}");
+        }
+        let text = error_text(load_env(MINIMAL, &[("REDIS_SESSION_EXPORTER_POLL__INTERVAL", "x")]));
+        assert!(text.contains("poll.interval"), "{text}");
+    }
+
+    #[test]
+    fn inline_secret_is_refused_and_never_printed() {
+        let text = error_text(load("[credentials]\naccess_key_secret = \"hunter2-secret\"\n"));
+        assert!(!text.contains("hunter2-secret"), "{text}");
+        assert!(text.contains("access_key_secret_file"), "{text}");
+    }
+
+    #[test]
+    fn check_config_output_round_trips() {
+        let c = load("[poll]\ninterval = \"90s\"\n[[instances]]\nid = \"r-1\"\nlabels = { env = \"x\" }\n").unwrap();
+        let again = load(&c.to_toml()).unwrap();
+        assert_eq!(again.poll, c.poll);
+        assert_eq!(again.instances, c.instances);
+    }
+}

@@ -1,0 +1,12 @@
+//! The DAS `GetRedisAllSession` source: signing, the wire model, and the HTTP client.
+
+pub mod client;
+pub mod sign;
+pub mod wire;
+
+pub use client::DasClient;
+
+/// The API version every DAS call is made with.
+pub const API_VERSION: &str = "2020-01-16";
+/// The action this exporter calls.
+pub const ACTION: &str = "GetRedisAllSession";

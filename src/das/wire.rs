@@ -1,0 +1,524 @@
+//! The GetRedisAllSession wire model and its tolerant, streaming decoding.
+//!
+//! The body is never materialised as a `Vec` of sessions: a serde visitor walks `Data.Sessions`
+//! and hands each session, with borrowed strings, straight to [`Fold::add`]. Real answers are
+//! loose about types (`Age` and `Count` are strings, `Code` is sometimes `"200"`), so every
+//! scalar is decoded leniently: numbers from strings and strings from numbers, `null` as absent,
+//! unknown fields skipped. What is not a GetRedisAllSession answer at all is a [`DecodeError`].
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::snapshot::{Fold, Limits, SessionView, Snapshot};
+
+/// Why a body could not be turned into a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The API said no: `Code` other than 200. The code is kept verbatim for the error label.
+    #[error("API error {code}: {message}")]
+    Api { code: String, message: String },
+    /// JSON that is not a GetRedisAllSession answer, or not JSON at all.
+    #[error("invalid response: {0}")]
+    Invalid(String),
+}
+
+/// A scalar that may arrive as a number, a numeric string, or `null`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct LenientInt(Option<i64>);
+
+impl<'de> serde::Deserialize<'de> for LenientInt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientInt;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer, a numeric string or null")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<LenientInt, E> {
+                Ok(LenientInt(Some(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<LenientInt, E> {
+                Ok(LenientInt(Some(i64::try_from(v).unwrap_or(i64::MAX))))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<LenientInt, E> {
+                // `as` saturates and maps NaN to 0: exactly the clamping wanted for a count.
+                Ok(LenientInt(v.is_finite().then_some(v as i64)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LenientInt, E> {
+                let t = v.trim();
+                // A non-numeric string is treated as absent rather than failing the whole answer.
+                Ok(LenientInt(
+                    t.parse::<i64>()
+                        .ok()
+                        .or_else(|| t.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64)),
+                ))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LenientInt, E> {
+                Ok(LenientInt(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<LenientInt, E> {
+                Ok(LenientInt(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<LenientInt, E> {
+                Ok(LenientInt(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl LenientInt {
+    /// Negative sizes and durations make no sense; they count as 0.
+    fn non_negative(self) -> u64 {
+        self.0.map_or(0, |v| v.max(0) as u64)
+    }
+}
+
+/// A string that may arrive as a number or `null`; borrowed from the body when it has no escapes.
+#[derive(Debug, Default, PartialEq)]
+struct LenientStr<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for LenientStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = LenientStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, a number or null")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl LenientStr<'_> {
+    fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("")
+    }
+}
+
+/// One element of `Data.Sessions`: only the fields the exporter uses; the rest is skipped.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct WireSession<'a> {
+    #[serde(borrow)]
+    node_id: LenientStr<'a>,
+    #[serde(borrow)]
+    cmd: LenientStr<'a>,
+    #[serde(borrow)]
+    name: LenientStr<'a>,
+    #[serde(borrow)]
+    flags: LenientStr<'a>,
+    db: LenientInt,
+    sub: LenientInt,
+    psub: LenientInt,
+    multi: LenientInt,
+    qbuf: LenientInt,
+    qbuf_free: LenientInt,
+    obl: LenientInt,
+    oll: LenientInt,
+    omem: LenientInt,
+    idle: LenientInt,
+    age: LenientInt,
+}
+
+/// One element of `Data.SourceStats`; `Ids` is skipped without being collected.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct WireSource<'a> {
+    #[serde(borrow)]
+    key: LenientStr<'a>,
+    count: LenientInt,
+}
+
+/// Folds `Data.Sessions` element by element.
+struct SessionsSeed<'f>(&'f mut Fold);
+
+impl<'de> DeserializeSeed<'de> for SessionsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SessionsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of sessions")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(s) = seq.next_element::<WireSession<'de>>()? {
+            self.0.add(&SessionView {
+                node_id: s.node_id.as_str(),
+                cmd: s.cmd.as_str(),
+                name: s.name.as_str(),
+                flags: s.flags.as_str(),
+                db: s.db.0,
+                sub: s.sub.non_negative(),
+                psub: s.psub.non_negative(),
+                multi: s.multi.0.unwrap_or(-1),
+                qbuf: s.qbuf.non_negative(),
+                qbuf_free: s.qbuf_free.non_negative(),
+                obl: s.obl.non_negative(),
+                oll: s.oll.non_negative(),
+                omem: s.omem.non_negative(),
+                idle: s.idle.non_negative(),
+                age: s.age.non_negative(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Folds `Data.SourceStats`.
+struct SourcesSeed<'f>(&'f mut Fold);
+
+impl<'de> DeserializeSeed<'de> for SourcesSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SourcesSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of source statistics")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(s) = seq.next_element::<WireSource<'de>>()? {
+            self.0.add_source(s.key.as_str(), s.count.non_negative());
+        }
+        Ok(())
+    }
+}
+
+/// What `Data` held besides the sessions.
+#[derive(Default)]
+struct DataMeta {
+    total: Option<u64>,
+    timestamp_ms: Option<i64>,
+}
+
+/// Decodes `Data`: `null` gives `None`, an object gives its metadata (sessions go to the fold).
+struct DataSeed<'f>(&'f mut Fold);
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = Option<DataMeta>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed<'_> {
+    type Value = Option<DataMeta>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the Data object")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut meta = DataMeta::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "Sessions" => map.next_value_seed(SessionsSeed(self.0))?,
+                "SourceStats" => map.next_value_seed(SourcesSeed(self.0))?,
+                "Total" => meta.total = map.next_value::<LenientInt>()?.0.map(|v| v.max(0) as u64),
+                "Timestamp" => meta.timestamp_ms = map.next_value::<LenientInt>()?.0,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(meta))
+    }
+}
+
+/// The envelope: `Code`, `Message`, `Success`, `Data`, and anything else ignored.
+struct Envelope {
+    code: Option<String>,
+    message: Option<String>,
+    success: Option<bool>,
+    /// `None`: no `Data` key; `Some(None)`: `"Data": null`.
+    data: Option<Option<DataMeta>>,
+}
+
+struct EnvelopeSeed<'f>(&'f mut Fold);
+
+impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_> {
+    type Value = Envelope;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Envelope, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
+    type Value = Envelope;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a GetRedisAllSession answer object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+        let mut env = Envelope {
+            code: None,
+            message: None,
+            success: None,
+            data: None,
+        };
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "Code" => env.code = map.next_value::<LenientStr>()?.0.map(Cow::into_owned),
+                "Message" => env.message = map.next_value::<LenientStr>()?.0.map(Cow::into_owned),
+                "Success" => {
+                    env.success = match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::Bool(b) => Some(b),
+                        serde_json::Value::String(s) => s.parse().ok(),
+                        _ => None,
+                    }
+                }
+                "Data" => env.data = Some(map.next_value_seed(DataSeed(self.0))?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(env)
+    }
+}
+
+/// Pulls `Code` and `Message` out of an error body cheaply, without folding anything: used for
+/// non-2xx answers, which the gateway sends as `{RequestId, HostId, Code, Message, Recommend}`.
+pub fn error_code(body: &[u8]) -> Option<(String, String)> {
+    let mut fold = Fold::new();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let env = EnvelopeSeed(&mut fold).deserialize(&mut de).ok()?;
+    let code = env.code.filter(|c| !is_ok_code(c))?;
+    Some((code, env.message.unwrap_or_default()))
+}
+
+fn is_ok_code(code: &str) -> bool {
+    matches!(code.trim(), "200" | "Success" | "OK")
+}
+
+/// Decodes one GetRedisAllSession body straight into a [`Snapshot`].
+pub fn decode(body: &[u8], limits: &Limits) -> Result<Snapshot, DecodeError> {
+    let mut fold = Fold::new();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let env = EnvelopeSeed(&mut fold)
+        .deserialize(&mut de)
+        .and_then(|env| de.end().map(|()| env))
+        .map_err(|e| DecodeError::Invalid(truncate(&e.to_string(), 200)))?;
+
+    if let Some(code) = env.code.as_deref().filter(|c| !is_ok_code(c)) {
+        return Err(DecodeError::Api {
+            code: code.to_owned(),
+            message: truncate(env.message.as_deref().unwrap_or_default(), 300),
+        });
+    }
+    if env.success == Some(false) {
+        return Err(DecodeError::Invalid(format!(
+            "Success is false: {}",
+            truncate(env.message.as_deref().unwrap_or("no message"), 200)
+        )));
+    }
+    match env.data {
+        None => Err(DecodeError::Invalid("no Data in the answer".into())),
+        Some(None) => Err(DecodeError::Invalid("Data is null".into())),
+        Some(Some(meta)) => Ok(fold.finish(limits, meta.total, meta.timestamp_ms)),
+    }
+}
+
+/// Shortens a message for a log line or a page, on a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{flag_name, FLAG_UNKNOWN};
+
+    /// The example answer from the vendor's reference page, verbatim.
+    const VENDOR_EXAMPLE: &str = r#"{
+      "Code": 200, "Message": "Successful",
+      "Data": {
+        "Timestamp": 1660100753556, "Total": 2,
+        "Sessions": [{
+            "Sub": 0, "Psub": 0, "Idle": 8, "Flags": "N", "Oll": 0, "QbufFree": 0, "Multi": -1,
+            "Omem": 0, "Qbuf": 0, "Name": "test", "Obl": 0, "Client": "172.16.XX.XX", "Cmd": "PING",
+            "Id": 9080586, "Addr": "172.16.XX.XX:53458", "NodeId": "r-2zemyfd1sh1u2i****-proxy-14#1679****",
+            "Age": "12", "Db": 0, "Events": "r", "Fd": 73, "ClientDesc": "prod ip"
+        }],
+        "SourceStats": [{"Key": "172.16.XX.XX", "Count": "1", "Ids": [9080586]}]
+      },
+      "RequestId": "40C6E9AF-6C23-5614-AA83-34344CC6****", "Success": true
+    }"#;
+
+    fn ok(body: &str) -> Snapshot {
+        decode(body.as_bytes(), &Limits::default()).expect("decodes")
+    }
+
+    #[test]
+    fn vendor_example() {
+        let s = ok(VENDOR_EXAMPLE);
+        assert_eq!(s.sessions, 1);
+        assert_eq!(s.reported_total, 2);
+        assert_eq!(s.timestamp_ms, Some(1_660_100_753_556));
+        assert_eq!(s.by_node, vec![("r-2zemyfd1sh1u2i****-proxy-14#1679****".into(), 1)]);
+        assert_eq!(s.by_command, vec![("ping".into(), 1)]);
+        assert_eq!(s.by_client_name, vec![("test".into(), 1)]);
+        assert_eq!(s.by_source, vec![("172.16.XX.XX".into(), 1)]);
+        assert_eq!(s.by_db, vec![(Some(0), 1)]);
+        assert_eq!(s.in_transaction, 0);
+        assert_eq!(s.age.sum, 12);
+        assert_eq!(s.idle.sum, 8);
+        let none = (0..=FLAG_UNKNOWN).find(|&i| flag_name(i) == "none").unwrap();
+        assert_eq!(s.by_flag[none], 1);
+    }
+
+    #[test]
+    fn numbers_as_strings_and_strings_as_numbers() {
+        let s = ok(r#"{"Code":"200","Success":"true","Data":{"Total":"3","Timestamp":"1000",
+            "Sessions":[{"Idle":"30","Age":45,"Db":"2","Multi":"1","Qbuf":"2048","Name":12345,
+                         "Cmd":null,"NodeId":null,"Omem":1.5e3}],
+            "SourceStats":[{"Key":"10.0.0.1","Count":7},{"Key":"10.0.0.2","Count":"x"}]}}"#);
+        assert_eq!(s.reported_total, 3);
+        assert_eq!(s.timestamp_ms, Some(1000));
+        assert_eq!(s.idle.sum, 30);
+        assert_eq!(s.age.sum, 45);
+        assert_eq!(s.by_db, vec![(Some(2), 1)]);
+        assert_eq!(s.in_transaction, 1);
+        assert_eq!(s.query_buffer_max_bytes, 2048);
+        assert_eq!(s.output_buffer_max_bytes, 1500);
+        assert_eq!(s.by_client_name, vec![("12345".into(), 1)]);
+        assert_eq!(s.by_command, vec![("".into(), 1)]);
+        assert_eq!(s.by_node, vec![("".into(), 1)]);
+        assert_eq!(s.by_source, vec![("10.0.0.1".into(), 7), ("10.0.0.2".into(), 0)]);
+    }
+
+    #[test]
+    fn missing_fields_and_escapes() {
+        let s = ok(r#"{"Data":{"Sessions":[{}, {"Name":"a\"b\\c\n"}],"Unknown":{"x":[1,2]}},"Extra":1}"#);
+        assert_eq!(s.sessions, 2);
+        assert_eq!(s.reported_total, 2, "no Total: the listed count");
+        assert_eq!(s.in_transaction, 0, "absent Multi is outside a transaction");
+        assert!(s.by_client_name.iter().any(|(n, _)| n == "a\"b\\c\n"));
+        assert_eq!(s.by_db, vec![(None, 2)]);
+    }
+
+    #[test]
+    fn empty_instance() {
+        let s = ok(r#"{"Code":200,"Success":true,"Data":{"Total":0,"Sessions":[],"SourceStats":[]}}"#);
+        assert_eq!(s.sessions, 0);
+        assert!(s.by_node.is_empty());
+        let s = ok(r#"{"Data":{"Total":0,"Sessions":null,"SourceStats":null}}"#);
+        assert_eq!(s.sessions, 0);
+    }
+
+    #[test]
+    fn api_errors_keep_the_code_verbatim() {
+        let e = decode(
+            br#"{"RequestId":"x","HostId":"das.cn-shanghai.aliyuncs.com","Code":"Throttling.User","Message":"Request was denied due to user flow control."}"#,
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::Api {
+                code: "Throttling.User".into(),
+                message: "Request was denied due to user flow control.".into()
+            }
+        );
+        assert_eq!(
+            error_code(br#"{"Code":"NoPermission","Message":"m"}"#),
+            Some(("NoPermission".into(), "m".into()))
+        );
+        assert_eq!(error_code(b"<html>bad gateway</html>"), None);
+        assert_eq!(error_code(br#"{"Code":200}"#), None);
+    }
+
+    #[test]
+    fn not_an_answer_is_invalid_never_a_panic() {
+        for body in [
+            "",
+            "null",
+            "[]",
+            "42",
+            "{",
+            r#"{"Data":null}"#,
+            r#"{"Success":false,"Code":200}"#,
+            r#"{"foo":[1,2,3]}"#,
+            r#"{"Data":[1]}"#,
+            r#"{"Data":{"Sessions":"abc"}}"#,
+            r#"{"Data":{"Sessions":[1,2]}}"#,
+            r#"{"Data":{"Sessions":[{"Idle":[1]}]}}"#,
+            r#"{"Code":200,"Data":{"Sessions":[]}} trailing"#,
+            "<html><body>502 Bad Gateway</body></html>",
+        ] {
+            assert!(
+                matches!(decode(body.as_bytes(), &Limits::default()), Err(DecodeError::Invalid(_))),
+                "{body:?} must be invalid"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_vendor_example_is_invalid() {
+        for cut in (0..VENDOR_EXAMPLE.len()).step_by(7) {
+            assert!(decode(&VENDOR_EXAMPLE.as_bytes()[..cut], &Limits::default()).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode(&body, &Limits::default());
+            let _ = error_code(&body);
+        }
+
+        #[test]
+        fn mutated_answers_never_panic(pos in 0usize..600, byte in proptest::num::u8::ANY) {
+            let mut body = VENDOR_EXAMPLE.as_bytes().to_vec();
+            let i = pos % body.len();
+            body[i] = byte;
+            if let Ok(s) = decode(&body, &Limits::default()) {
+                proptest::prop_assert_eq!(s.by_node.iter().map(|x| x.1).sum::<u64>(), s.sessions);
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! redis-session-exporter: the client sessions of ApsaraDB for Redis / Tair, read through the
+//! DAS `GetRedisAllSession` API, served as Prometheus metrics.
+//!
+//! # Layout
+//!
+//! Data flows one way; the modules are listed in that order.
+//!
+//! - [`config`]: file, environment and flags, validated with key-named errors.
+//! - [`credentials`]: where the AccessKey comes from; secrets are redacted by type.
+//! - [`das`]: request signing (pure), the tolerant streaming decoder, the HTTP client.
+//! - [`source`]: the seam between the scheduler and any source, the shared throttle, retries.
+//! - [`snapshot`]: the fold from sessions to one instance's typed aggregate.
+//! - [`scheduler`]: one task per instance on a jittered grid; publishes encoded results.
+//! - [`exposition`]: classic text and OpenMetrics, encoded once per poll.
+//! - [`store`]: the published state, swapped atomically, read by the server.
+//! - [`server`]: `/metrics`, `/`, `/healthz`, `/readyz`.
+//! - [`daemon`]: wires the above together; [`simulator`] and [`demo`] run it without a cloud.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod credentials;
+pub mod daemon;
+pub mod das;
+pub mod demo;
+pub mod exposition;
+pub mod scheduler;
+pub mod server;
+pub mod simulator;
+pub mod snapshot;
+pub mod source;
+pub mod store;
+pub mod telemetry;

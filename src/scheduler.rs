@@ -1,0 +1,372 @@
+//! Drives the polls: one task per instance on a phase-shifted grid, a shared throttle, and the
+//! bookkeeping that turns each outcome into a published [`InstanceEntry`].
+//!
+//! Each instance gets a stable phase inside the interval (a hash of its id) plus a little random
+//! jitter, so a thousand instances spread over the interval instead of firing together, and
+//! several exporters (or restarts) do not align. Instances are polled once right after start
+//! (the throttle spreads those), then on their grid. A poll that runs past its next slot makes
+//! the scheduler skip that slot and count it, never stack polls of one instance.
+//!
+//! [`Scheduler::apply`] diffs a new configuration against the running one, which is how reload
+//! works: instances that stay keep their task and counters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, InstanceConfig};
+use crate::exposition::{encode_instance, Format, InstanceReport};
+use crate::snapshot::{Limits, Snapshot};
+use crate::source::{PollContext, PollError, Source, Throttle};
+use crate::store::{InstanceEntry, Status, Store};
+
+/// What every instance task reads at the start of each round (swapped whole on reload).
+#[derive(Debug)]
+pub struct Settings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub limits: Limits,
+    pub throttle: Arc<Throttle>,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            interval: cfg.poll.interval,
+            timeout: cfg.das.timeout,
+            limits: cfg.limits,
+            throttle: Arc::new(Throttle::new(
+                cfg.poll.concurrency,
+                cfg.poll.max_requests_per_second,
+            )),
+        }
+    }
+}
+
+/// Counters and last outcome of one instance; survives reloads that keep the instance.
+#[derive(Debug, Default)]
+pub struct InstanceState {
+    pub polls_total: u64,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub last_success_unix: Option<f64>,
+    pub snapshot_timestamp_unix: Option<f64>,
+    pub last_duration_seconds: Option<f64>,
+    /// The code of the last failure while the instance is failing; `None` while healthy.
+    failing_with: Option<String>,
+    polled: bool,
+}
+
+struct Task {
+    config: InstanceConfig,
+    state: Arc<Mutex<InstanceState>>,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// Owns the instance tasks.
+pub struct Scheduler {
+    source: Arc<dyn Source>,
+    store: Arc<Store>,
+    settings: Arc<ArcSwap<Settings>>,
+    tasks: HashMap<String, Task>,
+    shutdown: CancellationToken,
+    /// Reference point of every instance's grid.
+    epoch: Instant,
+}
+
+impl Scheduler {
+    pub fn new(
+        source: Arc<dyn Source>,
+        store: Arc<Store>,
+        cfg: &Config,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            source,
+            store,
+            settings: Arc::new(ArcSwap::from_pointee(Settings::from_config(cfg))),
+            tasks: HashMap::new(),
+            shutdown,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Brings the running set in line with `cfg`: new instances start, removed ones stop and
+    /// vanish from /metrics, changed ones restart with their counters kept.
+    pub fn apply(&mut self, cfg: &Config) {
+        let old = self.settings.load();
+        let mut next = Settings::from_config(cfg);
+        // Keep the throttle (and its rate history) unless its parameters changed.
+        if old.throttle.params() == next.throttle.params() {
+            next.throttle = old.throttle.clone();
+        }
+        self.settings.store(Arc::new(next));
+
+        let wanted: HashMap<&str, &InstanceConfig> =
+            cfg.instances.iter().map(|i| (i.id.as_str(), i)).collect();
+        let gone: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|id| !wanted.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(t) = self.tasks.remove(&id) {
+                t.cancel.cancel();
+                t.handle.abort();
+            }
+            self.store.remove(&id);
+            tracing::info!(instance_id = %id, "instance removed");
+        }
+        for inst in &cfg.instances {
+            let state = match self.tasks.get(&inst.id) {
+                Some(t) if t.config == *inst => continue,
+                Some(_) => {
+                    let t = self.tasks.remove(&inst.id).expect("present");
+                    t.cancel.cancel();
+                    t.handle.abort();
+                    tracing::info!(instance_id = %inst.id, "instance settings changed");
+                    t.state
+                }
+                None => {
+                    self.store.publish(InstanceEntry::pending(&inst.id));
+                    tracing::info!(instance_id = %inst.id, "instance added");
+                    Arc::default()
+                }
+            };
+            let cancel = self.shutdown.child_token();
+            let handle = tokio::spawn(run_instance(
+                inst.clone(),
+                self.source.clone(),
+                self.store.clone(),
+                self.settings.clone(),
+                state.clone(),
+                cancel.clone(),
+                self.epoch,
+            ));
+            self.tasks.insert(
+                inst.id.clone(),
+                Task {
+                    config: inst.clone(),
+                    state,
+                    cancel,
+                    handle,
+                },
+            );
+        }
+    }
+
+    /// Number of instances being polled.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn stop(self) {
+        for t in self.tasks.values() {
+            t.cancel.cancel();
+        }
+        for (_, t) in self.tasks {
+            let _ = t.handle.await;
+        }
+    }
+}
+
+/// A stable offset in `[0, interval)` from the instance id (FNV-1a, so it is the same in every
+/// process and version).
+pub fn phase(id: &str, interval: Duration) -> Duration {
+    let mut h = Fnv1a::default();
+    id.hash(&mut h);
+    interval.mul_f64((h.finish() % 10_000) as f64 / 10_000.0)
+}
+
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        if self.0 == 0 {
+            self.0 = 0xcbf2_9ce4_8422_2325;
+        }
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The first grid point strictly after `after`, and how many grid points were passed over
+/// between `prev` (the slot just used) and it.
+fn next_slot(epoch: Instant, phase: Duration, interval: Duration, prev: Instant, after: Instant) -> (Instant, u64) {
+    let base = epoch + phase;
+    let next = if after < base {
+        base
+    } else {
+        let k = (after - base).as_nanos() / interval.as_nanos().max(1) + 1;
+        base + interval.mul_f64(k as f64)
+    };
+    // Ceiling division: `prev` may carry jitter, so it sits a little after its grid point.
+    let span = next.saturating_duration_since(prev).as_nanos();
+    let slots_between = span.div_ceil(interval.as_nanos().max(1));
+    (next, (slots_between as u64).saturating_sub(1))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+async fn run_instance(
+    inst: InstanceConfig,
+    source: Arc<dyn Source>,
+    store: Arc<Store>,
+    settings: Arc<ArcSwap<Settings>>,
+    state: Arc<Mutex<InstanceState>>,
+    cancel: CancellationToken,
+    epoch: Instant,
+) {
+    let mut slot = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(slot) => {}
+        }
+        let s = settings.load_full();
+        let ctx = PollContext {
+            throttle: s.throttle.clone(),
+            budget: s.interval,
+            timeout: s.timeout,
+            limits: s.limits,
+        };
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = source.poll(&inst, &ctx) => r,
+        };
+        let took = started.elapsed();
+        let entry = record(&inst, &state, result, took);
+        store.publish(entry);
+
+        let (next, skipped) = next_slot(epoch, phase(&inst.id, s.interval), s.interval, slot, Instant::now());
+        if skipped > 0 {
+            store.stats.skipped_polls.fetch_add(skipped, Ordering::Relaxed);
+            tracing::warn!(instance_id = %inst.id, skipped, took = ?took, "poll outlasted its interval; skipped rounds");
+        }
+        // Up to 1% of the interval (at most 1 s) of random jitter keeps replicas from aligning.
+        let jitter = s.interval.mul_f64(0.01).min(Duration::from_secs(1)).mul_f64(rand::random::<f64>());
+        slot = next + jitter;
+    }
+}
+
+/// Folds one outcome into the instance's state, logs state changes (not every failure), and
+/// encodes the entry to publish.
+fn record(
+    inst: &InstanceConfig,
+    state: &Mutex<InstanceState>,
+    result: Result<Snapshot, PollError>,
+    took: Duration,
+) -> InstanceEntry {
+    let now = unix_now();
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    st.polls_total += 1;
+    st.polled = true;
+    st.last_duration_seconds = Some(took.as_secs_f64());
+    let (snapshot, status) = match result {
+        Ok(snap) => {
+            st.last_success_unix = Some(now);
+            st.snapshot_timestamp_unix = snap.timestamp_ms.map(|ms| ms as f64 / 1000.0);
+            if let Some(code) = st.failing_with.take() {
+                tracing::info!(instance_id = %inst.id, previous_code = %code, "instance recovered");
+            }
+            let status = Status::Up { sessions: snap.sessions };
+            (Some(snap), status)
+        }
+        Err(e) => {
+            let code = e.code().into_owned();
+            *st.errors_by_code.entry(code.clone()).or_insert(0) += 1;
+            if st.failing_with.as_deref() != Some(code.as_str()) {
+                tracing::warn!(instance_id = %inst.id, code = %code, error = %e, "poll failing");
+                st.failing_with = Some(code.clone());
+            } else {
+                tracing::debug!(instance_id = %inst.id, code = %code, error = %e, "poll still failing");
+            }
+            let reason = e.to_string();
+            (None, Status::Down { code, reason })
+        }
+    };
+    let mut info_labels = inst.labels.clone();
+    info_labels.retain(|k, _| !k.is_empty());
+    let report = InstanceReport {
+        id: &inst.id,
+        info_labels: &info_labels,
+        snapshot: snapshot.as_ref(),
+        last_success_unix: st.last_success_unix,
+        snapshot_timestamp_unix: st.snapshot_timestamp_unix,
+        polls_total: st.polls_total,
+        errors_by_code: &st.errors_by_code,
+        last_duration_seconds: st.last_duration_seconds,
+    };
+    InstanceEntry {
+        id: inst.id.clone(),
+        status,
+        last_poll_unix: Some(now),
+        blocks: [
+            encode_instance(Format::Text, &report),
+            encode_instance(Format::OpenMetrics, &report),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_stable_and_spread() {
+        let i = Duration::from_secs(60);
+        assert_eq!(phase("r-abc", i), phase("r-abc", i));
+        let mut buckets = [0u32; 10];
+        for n in 0..1000 {
+            let p = phase(&format!("r-inst{n:04}"), i);
+            assert!(p < i);
+            buckets[(p.as_secs_f64() / 6.0) as usize] += 1;
+        }
+        // 1000 ids over 10 equal slices: each slice gets a fair share (expected 100).
+        assert!(buckets.iter().all(|&b| (50..=150).contains(&b)), "{buckets:?}");
+    }
+
+    #[test]
+    fn slots_follow_the_grid_and_count_skips() {
+        let epoch = Instant::now();
+        let i = Duration::from_secs(10);
+        let p = Duration::from_secs(3);
+        // A poll at the first slot (t=3) that ends at t=4: next slot t=13, nothing skipped.
+        let (n, skipped) = next_slot(epoch, p, i, epoch + p, epoch + Duration::from_secs(4));
+        assert_eq!(n - epoch, Duration::from_secs(13));
+        assert_eq!(skipped, 0);
+        // The same poll ending at t=25: slots 13 and 23 were missed; next is 33, two skipped.
+        let (n, skipped) = next_slot(epoch, p, i, epoch + p, epoch + Duration::from_secs(25));
+        assert_eq!(n - epoch, Duration::from_secs(33));
+        assert_eq!(skipped, 2);
+        // The start-up poll at t=0 (before the phase): next is the first grid point, t=3.
+        let (n, skipped) = next_slot(epoch, p, i, epoch, epoch + Duration::from_millis(100));
+        assert_eq!(n - epoch, Duration::from_secs(3));
+        assert_eq!(skipped, 0);
+    }
+}

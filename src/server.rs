@@ -1,0 +1,224 @@
+//! The HTTP side: `/metrics` (content negotiation, gzip), `/` (landing page), `/healthz`,
+//! `/readyz`. Handlers only read the [`Store`]; they never touch the network or wait on a poll.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::exposition::{encode_global, render, Block, Format, GlobalReport};
+use crate::store::{Status, Store};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    /// Size of the last body, to allocate the next one in one go.
+    last_size: Arc<AtomicUsize>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            last_size: Arc::new(AtomicUsize::new(64 * 1024)),
+        }
+    }
+}
+
+/// The router, without a socket, so tests can call it directly.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(landing))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Picks the format from an Accept header: OpenMetrics when it is acceptable and preferred at
+/// least as much as the classic text, else the classic text.
+pub fn negotiate(accept: Option<&str>) -> Format {
+    let Some(accept) = accept else {
+        return Format::Text;
+    };
+    let (mut om, mut text) = (0.0f32, 0.0f32);
+    for item in accept.split(',') {
+        let mut parts = item.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let mut q = 1.0f32;
+        for p in parts {
+            if let Some(v) = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")) {
+                q = v.trim().parse().unwrap_or(0.0);
+            }
+        }
+        match media.as_str() {
+            "application/openmetrics-text" => om = om.max(q),
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    if om > 0.0 && om >= text {
+        Format::OpenMetrics
+    } else {
+        Format::Text
+    }
+}
+
+/// True when the client accepts gzip (with a non-zero q).
+pub fn accepts_gzip(h: Option<&str>) -> bool {
+    h.is_some_and(|v| {
+        v.split(',').any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let enc = parts.next().unwrap_or("");
+            let q: f32 = parts
+                .find_map(|p| p.strip_prefix("q="))
+                .and_then(|q| q.parse().ok())
+                .unwrap_or(1.0);
+            (enc.eq_ignore_ascii_case("gzip") || enc == "*") && q > 0.0
+        })
+    })
+}
+
+async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let fmt = negotiate(get(header::ACCEPT));
+    let gzip = accepts_gzip(get(header::ACCEPT_ENCODING));
+
+    let instances = st.store.snapshot();
+    let global = encode_global(
+        fmt,
+        &GlobalReport {
+            version: env!("CARGO_PKG_VERSION"),
+            skipped_polls: st.store.skipped_polls(),
+            instances: instances.len() as u64,
+        },
+    );
+    let blocks = instances
+        .values()
+        .map(|e| e.block(fmt))
+        .chain(std::iter::once::<&Block>(&global));
+    let mut body = Vec::with_capacity(st.last_size.load(Ordering::Relaxed) + 4096);
+    render(fmt, blocks, &mut body);
+    st.last_size.store(body.len(), Ordering::Relaxed);
+
+    let mut resp = if gzip {
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 6),
+            flate2::Compression::fast(),
+        );
+        // Writing into a Vec cannot fail.
+        let _ = enc.write_all(&body);
+        let gz = enc.finish().unwrap_or_default();
+        let mut r = gz.into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r
+    } else {
+        body.into_response()
+    };
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(fmt.content_type()),
+    );
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    resp
+}
+
+async fn readyz(State(st): State<AppState>) -> (StatusCode, &'static str) {
+    if st.store.all_polled() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the first poll of every instance\n")
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+async fn landing(State(st): State<AppState>) -> Html<String> {
+    let mut page = String::with_capacity(4096);
+    let _ = write!(
+        page,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>redis-session-exporter</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}\
+         .up{{color:#070}}.down{{color:#a00}}</style></head><body>\
+         <h1>redis-session-exporter</h1><p>Version {}. Metrics: <a href=\"/metrics\">/metrics</a> \
+         · <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a></p>\
+         <table><tr><th>Instance</th><th>Last poll</th><th>Result</th><th>Sessions</th></tr>",
+        env!("CARGO_PKG_VERSION")
+    );
+    for e in st.store.snapshot().values() {
+        let when = e
+            .last_poll_unix
+            .map(|t| {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t);
+                humantime::format_rfc3339_seconds(t).to_string()
+            })
+            .unwrap_or_else(|| "never".into());
+        let (class, result, sessions) = match &e.status {
+            Status::Pending => ("", "pending".to_owned(), String::new()),
+            Status::Up { sessions } => ("up", "ok".to_owned(), sessions.to_string()),
+            Status::Down { code, reason } => ("down", format!("{code}: {reason}"), String::new()),
+        };
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{when}</td><td class=\"{class}\">{}</td><td>{sessions}</td></tr>",
+            html_escape(&e.id),
+            html_escape(&result)
+        );
+    }
+    page.push_str("</table></body></html>\n");
+    Html(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        let prom3 = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+        let prom2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(negotiate(Some(prom3)), Format::OpenMetrics);
+        assert_eq!(negotiate(Some(prom2)), Format::OpenMetrics);
+        assert_eq!(negotiate(Some("text/plain;version=0.0.4")), Format::Text);
+        assert_eq!(negotiate(Some("*/*")), Format::Text);
+        assert_eq!(negotiate(None), Format::Text);
+        assert_eq!(negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
+        assert_eq!(negotiate(Some("text/plain;q=0.9,application/openmetrics-text;q=0.5")), Format::Text);
+    }
+
+    #[test]
+    fn gzip_acceptance() {
+        assert!(accepts_gzip(Some("gzip")));
+        assert!(accepts_gzip(Some("deflate, gzip;q=0.5")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+        assert!(!accepts_gzip(None));
+    }
+
+    #[test]
+    fn landing_page_escapes() {
+        assert_eq!(html_escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+}

@@ -1,0 +1,505 @@
+//! The typed aggregate of one instance's sessions, and the fold that builds it.
+//!
+//! A source feeds sessions one at a time into [`Fold::add`] (borrowed fields, nothing kept per
+//! session), then [`Fold::finish`] applies the cardinality caps and yields an immutable
+//! [`Snapshot`]. Every figure exported for an instance comes from one `Snapshot`.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Upper bounds (`le`) of `redis_session_idle_seconds`; `+Inf` is implicit.
+pub const IDLE_BOUNDS: &[u64] = &[1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400];
+/// Upper bounds of `redis_session_age_seconds`.
+pub const AGE_BOUNDS: &[u64] = &[60, 300, 1800, 3600, 21600, 86400, 604_800, 2_592_000];
+/// Upper bounds of the query and output buffer distributions.
+pub const BUFFER_BOUNDS: &[u64] = &[0, 1024, 16384, 65536, 1_048_576, 16_777_216];
+
+/// The label value used for everything beyond a cap.
+pub const OTHER: &str = "other";
+
+/// Client flag letters and the names they are exported under, in exposition order.
+/// Source: Redis `CLIENT LIST` documentation (the DAS `Flags` field carries the same letters).
+pub const FLAGS: &[(char, &str)] = &[
+    ('A', "close_asap"),
+    ('b', "blocked"),
+    ('c', "close_after_reply"),
+    ('d', "dirty_cas"),
+    ('e', "no_evict"),
+    ('i', "io_wait"),
+    ('M', "master"),
+    ('N', "none"),
+    ('O', "monitor"),
+    ('P', "pubsub"),
+    ('r', "readonly"),
+    ('S', "replica"),
+    ('u', "unblocked"),
+    ('U', "unix_socket"),
+    ('x', "multi"),
+    ('t', "tracking"),
+    ('T', "no_touch"),
+    ('R', "tracking_invalid"),
+    ('B', "tracking_broadcast"),
+];
+/// Index of the `unknown` slot, after the known flags.
+pub const FLAG_UNKNOWN: usize = FLAGS.len();
+/// Name of the slot for letters not in [`FLAGS`].
+pub const FLAG_UNKNOWN_NAME: &str = "unknown";
+
+/// Maps a flag letter to its slot in [`Snapshot::by_flag`].
+fn flag_slot(c: char) -> usize {
+    FLAGS
+        .iter()
+        .position(|(l, _)| *l == c)
+        .unwrap_or(FLAG_UNKNOWN)
+}
+
+/// Returns a bit set of the slots present in a `Flags` string (each flag counts once per session).
+pub fn parse_flags(flags: &str) -> u32 {
+    flags
+        .chars()
+        .fold(0u32, |acc, c| acc | (1 << flag_slot(c)))
+}
+
+/// Cardinality caps, from `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_sources: usize,
+    pub max_commands: usize,
+    pub max_client_names: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sources: 50,
+            max_commands: 100,
+            max_client_names: 50,
+        }
+    }
+}
+
+/// A gauge histogram over non-negative integers: per-bucket counts (not cumulative), count and sum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Distribution {
+    pub bounds: &'static [u64],
+    /// `counts[i]` holds values `<= bounds[i]` and `> bounds[i-1]`; the last slot is `+Inf`.
+    pub counts: Vec<u64>,
+    pub sum: u64,
+}
+
+impl Distribution {
+    pub fn new(bounds: &'static [u64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: u64) {
+        // Bounds are short and sorted; `partition_point` finds the first bound >= v.
+        let slot = self.bounds.partition_point(|&b| b < v);
+        self.counts[slot] += 1;
+        self.sum = self.sum.saturating_add(v);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Cumulative counts, one per bound and then `+Inf`.
+    pub fn cumulative(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counts.iter().scan(0u64, |acc, c| {
+            *acc += c;
+            Some(*acc)
+        })
+    }
+}
+
+/// One session, as borrowed fields of whatever the source decoded. Absent text fields are `""`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionView<'a> {
+    pub node_id: &'a str,
+    pub cmd: &'a str,
+    /// `None` when the answer gave no `Db`; exported as `db=""`.
+    pub db: Option<i64>,
+    pub name: &'a str,
+    pub flags: &'a str,
+    pub sub: u64,
+    pub psub: u64,
+    /// Commands queued in MULTI; `-1` (or absent) outside a transaction.
+    pub multi: i64,
+    pub qbuf: u64,
+    pub qbuf_free: u64,
+    pub obl: u64,
+    pub oll: u64,
+    pub omem: u64,
+    pub idle: u64,
+    pub age: u64,
+}
+
+/// The streaming accumulator. Text keys are copied once per distinct value, never per session.
+#[derive(Debug)]
+pub struct Fold {
+    sessions: u64,
+    nodes: HashMap<Box<str>, u64>,
+    commands: HashMap<Box<str>, u64>,
+    names: HashMap<Box<str>, u64>,
+    sources: HashMap<Box<str>, u64>,
+    dbs: BTreeMap<Option<i64>, u64>,
+    flags: [u64; FLAGS.len() + 1],
+    sub: u64,
+    psub: u64,
+    in_transaction: u64,
+    qbuf_free: u64,
+    oll: u64,
+    obl: u64,
+    max_qbuf: u64,
+    max_omem: u64,
+    max_oll: u64,
+    idle: Distribution,
+    age: Distribution,
+    qbuf: Distribution,
+    omem: Distribution,
+    /// Reused buffer for lower-casing commands without an allocation per session.
+    scratch: String,
+}
+
+impl Default for Fold {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn bump(map: &mut HashMap<Box<str>, u64>, key: &str, by: u64) {
+    if let Some(v) = map.get_mut(key) {
+        *v += by;
+    } else {
+        map.insert(key.into(), by);
+    }
+}
+
+impl Fold {
+    pub fn new() -> Self {
+        Self {
+            sessions: 0,
+            nodes: HashMap::new(),
+            commands: HashMap::new(),
+            names: HashMap::new(),
+            sources: HashMap::new(),
+            dbs: BTreeMap::new(),
+            flags: [0; FLAGS.len() + 1],
+            sub: 0,
+            psub: 0,
+            in_transaction: 0,
+            qbuf_free: 0,
+            oll: 0,
+            obl: 0,
+            max_qbuf: 0,
+            max_omem: 0,
+            max_oll: 0,
+            idle: Distribution::new(IDLE_BOUNDS),
+            age: Distribution::new(AGE_BOUNDS),
+            qbuf: Distribution::new(BUFFER_BOUNDS),
+            omem: Distribution::new(BUFFER_BOUNDS),
+            scratch: String::new(),
+        }
+    }
+
+    /// Adds one session to every aggregate.
+    pub fn add(&mut self, s: &SessionView<'_>) {
+        self.sessions += 1;
+        bump(&mut self.nodes, s.node_id, 1);
+        if s.cmd.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.scratch.clear();
+            self.scratch.push_str(s.cmd);
+            self.scratch.make_ascii_lowercase();
+            bump(&mut self.commands, &self.scratch, 1);
+        } else {
+            bump(&mut self.commands, s.cmd, 1);
+        }
+        bump(&mut self.names, s.name, 1);
+        *self.dbs.entry(s.db).or_insert(0) += 1;
+        let mut bits = parse_flags(s.flags);
+        while bits != 0 {
+            let slot = bits.trailing_zeros() as usize;
+            self.flags[slot] += 1;
+            bits &= bits - 1;
+        }
+        self.sub = self.sub.saturating_add(s.sub);
+        self.psub = self.psub.saturating_add(s.psub);
+        if s.multi >= 0 {
+            self.in_transaction += 1;
+        }
+        self.qbuf_free = self.qbuf_free.saturating_add(s.qbuf_free);
+        self.oll = self.oll.saturating_add(s.oll);
+        self.obl = self.obl.saturating_add(s.obl);
+        self.max_qbuf = self.max_qbuf.max(s.qbuf);
+        self.max_omem = self.max_omem.max(s.omem);
+        self.max_oll = self.max_oll.max(s.oll);
+        self.idle.observe(s.idle);
+        self.age.observe(s.age);
+        self.qbuf.observe(s.qbuf);
+        self.omem.observe(s.omem);
+    }
+
+    /// Adds `count` sessions from one source address (DAS `SourceStats`, or a direct source's
+    /// own tally of client IPs).
+    pub fn add_source(&mut self, source: &str, count: u64) {
+        bump(&mut self.sources, source, count);
+    }
+
+    /// Sessions folded so far.
+    pub fn sessions(&self) -> u64 {
+        self.sessions
+    }
+
+    /// Applies the caps and freezes the aggregate.
+    ///
+    /// `reported_total` is what the source claimed (DAS `Data.Total`); when absent, the number of
+    /// sessions folded. `timestamp_ms` is the source's own time of the answer, if it gave one.
+    pub fn finish(
+        self,
+        limits: &Limits,
+        reported_total: Option<u64>,
+        timestamp_ms: Option<i64>,
+    ) -> Snapshot {
+        Snapshot {
+            sessions: self.sessions,
+            reported_total: reported_total.unwrap_or(self.sessions),
+            timestamp_ms,
+            by_node: sorted(self.nodes),
+            by_source: cap(self.sources, limits.max_sources),
+            by_command: cap(self.commands, limits.max_commands),
+            by_client_name: cap(self.names, limits.max_client_names),
+            by_db: self.dbs.into_iter().collect(),
+            by_flag: self.flags,
+            subscriptions_channel: self.sub,
+            subscriptions_pattern: self.psub,
+            in_transaction: self.in_transaction,
+            query_buffer_free_bytes: self.qbuf_free,
+            output_list_objects: self.oll,
+            fixed_output_buffer_bytes: self.obl,
+            query_buffer_max_bytes: self.max_qbuf,
+            output_buffer_max_bytes: self.max_omem,
+            output_list_max_objects: self.max_oll,
+            idle: self.idle,
+            age: self.age,
+            query_buffer: self.qbuf,
+            output_buffer: self.omem,
+        }
+    }
+}
+
+fn sorted(map: HashMap<Box<str>, u64>) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = map.into_iter().map(|(k, c)| (k.into(), c)).collect();
+    v.sort_unstable();
+    v
+}
+
+/// Keeps the `n` largest entries (ties broken by name, so the choice is stable) and sums the rest
+/// into [`OTHER`]. A real key named `other` is merged into that bucket. Output is sorted by name.
+pub fn cap(map: HashMap<Box<str>, u64>, n: usize) -> Vec<(String, u64)> {
+    let mut v: Vec<(Box<str>, u64)> = map.into_iter().collect();
+    let mut other = 0u64;
+    v.retain(|(k, c)| {
+        if &**k == OTHER {
+            other += c;
+            false
+        } else {
+            true
+        }
+    });
+    if v.len() > n {
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        other += v[n..].iter().map(|(_, c)| c).sum::<u64>();
+        v.truncate(n);
+    }
+    let mut out: Vec<(String, u64)> = v.into_iter().map(|(k, c)| (k.into(), c)).collect();
+    if other > 0 {
+        out.push((OTHER.to_owned(), other));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Everything exported about one instance's sessions at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Sessions actually listed and folded.
+    pub sessions: u64,
+    /// `Data.Total` as the source reported it.
+    pub reported_total: u64,
+    pub timestamp_ms: Option<i64>,
+    pub by_node: Vec<(String, u64)>,
+    pub by_source: Vec<(String, u64)>,
+    pub by_command: Vec<(String, u64)>,
+    pub by_client_name: Vec<(String, u64)>,
+    pub by_db: Vec<(Option<i64>, u64)>,
+    /// Indexed like [`FLAGS`], then [`FLAG_UNKNOWN`].
+    pub by_flag: [u64; FLAGS.len() + 1],
+    pub subscriptions_channel: u64,
+    pub subscriptions_pattern: u64,
+    pub in_transaction: u64,
+    pub query_buffer_free_bytes: u64,
+    pub output_list_objects: u64,
+    pub fixed_output_buffer_bytes: u64,
+    pub query_buffer_max_bytes: u64,
+    pub output_buffer_max_bytes: u64,
+    pub output_list_max_objects: u64,
+    pub idle: Distribution,
+    pub age: Distribution,
+    pub query_buffer: Distribution,
+    pub output_buffer: Distribution,
+}
+
+/// Name under which flag slot `i` is exported.
+pub fn flag_name(i: usize) -> &'static str {
+    FLAGS.get(i).map_or(FLAG_UNKNOWN_NAME, |(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn session<'a>(node: &'a str, cmd: &'a str, name: &'a str, flags: &'a str) -> SessionView<'a> {
+        SessionView {
+            node_id: node,
+            cmd,
+            name,
+            flags,
+            db: Some(0),
+            multi: -1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn buckets_are_inclusive_upper_bounds() {
+        let mut d = Distribution::new(IDLE_BOUNDS);
+        for v in [0, 1, 2, 5, 86400, 86401] {
+            d.observe(v);
+        }
+        let cum: Vec<u64> = d.cumulative().collect();
+        assert_eq!(cum[0], 2, "0 and 1 are <= 1");
+        assert_eq!(cum[1], 4, "2 and 5 are <= 5");
+        assert_eq!(cum[IDLE_BOUNDS.len() - 1], 5, "86400 is <= 86400");
+        assert_eq!(*cum.last().unwrap(), 6);
+        assert_eq!(d.sum, 86400 + 86401 + 8);
+    }
+
+    #[test]
+    fn buffer_zero_bucket_holds_empty_buffers() {
+        let mut d = Distribution::new(BUFFER_BOUNDS);
+        d.observe(0);
+        d.observe(1);
+        assert_eq!(d.counts[0], 1);
+        assert_eq!(d.counts[1], 1);
+    }
+
+    #[test]
+    fn flags_count_once_per_session_and_unknown_letters() {
+        let mut f = Fold::new();
+        f.add(&session("n", "get", "", "xx"));
+        f.add(&session("n", "get", "", "bZ?"));
+        f.add(&session("n", "get", "", ""));
+        let s = f.finish(&Limits::default(), None, None);
+        let slot = |name: &str| (0..=FLAG_UNKNOWN).find(|&i| flag_name(i) == name).unwrap();
+        assert_eq!(s.by_flag[slot("multi")], 1);
+        assert_eq!(s.by_flag[slot("blocked")], 1);
+        assert_eq!(s.by_flag[slot("unknown")], 1, "Z and ? are one unknown session");
+        assert_eq!(s.by_flag.iter().sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn commands_are_lower_cased_and_merged() {
+        let mut f = Fold::new();
+        f.add(&session("n", "PING", "", "N"));
+        f.add(&session("n", "ping", "", "N"));
+        f.add(&session("n", "Client|List", "", "N"));
+        let s = f.finish(&Limits::default(), None, None);
+        assert_eq!(
+            s.by_command,
+            vec![("client|list".to_owned(), 1), ("ping".to_owned(), 2)]
+        );
+    }
+
+    #[test]
+    fn cap_keeps_largest_and_sums_the_rest() {
+        let map: HashMap<Box<str>, u64> = [("a", 5), ("b", 1), ("c", 3), ("d", 3), ("other", 2)]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v))
+            .collect();
+        let v = cap(map, 2);
+        // a=5 and c=3 win (c before d on the tie); b, d and the literal "other" are summed.
+        assert_eq!(
+            v,
+            vec![("a".into(), 5), ("c".into(), 3), ("other".into(), 6)]
+        );
+    }
+
+    #[test]
+    fn transactions_and_reported_total() {
+        let mut f = Fold::new();
+        let mut s = session("n", "exec", "", "x");
+        s.multi = 0;
+        f.add(&s);
+        f.add(&session("n", "get", "", "N"));
+        let snap = f.finish(&Limits::default(), Some(7), Some(1_000));
+        assert_eq!(snap.in_transaction, 1);
+        assert_eq!(snap.reported_total, 7);
+        assert_eq!(snap.sessions, 2);
+    }
+
+    prop_compose! {
+        fn arb_session()(
+            node in "[a-c]{0,2}", cmd in "[a-eA-E]{0,3}", name in "[a-z]{0,2}",
+            flags in "[AbcdNxPSOZ]{0,4}", db in proptest::option::of(0i64..4),
+            sub in 0u64..5, psub in 0u64..5, multi in -1i64..3,
+            qbuf in 0u64..100_000, omem in 0u64..20_000_000, oll in 0u64..50,
+            idle in 0u64..200_000, age in 0u64..3_000_000,
+        ) -> (String, String, String, String, Option<i64>, [u64; 7], i64) {
+            (node, cmd, name, flags, db, [sub, psub, qbuf, omem, oll, idle, age], multi)
+        }
+    }
+
+    proptest! {
+        /// Whatever the sessions, every breakdown accounts for every session exactly once.
+        #[test]
+        fn counts_add_up_and_caps_hold(
+            sessions in proptest::collection::vec(arb_session(), 0..200),
+            max_commands in 0usize..6, max_names in 0usize..6,
+        ) {
+            let limits = Limits { max_sources: 3, max_commands, max_client_names: max_names };
+            let mut f = Fold::new();
+            let mut expect_sub = 0;
+            let mut expect_max_omem = 0;
+            for (node, cmd, name, flags, db, n, multi) in &sessions {
+                f.add(&SessionView {
+                    node_id: node, cmd, name, flags, db: *db, multi: *multi,
+                    sub: n[0], psub: n[1], qbuf: n[2], omem: n[3], oll: n[4], idle: n[5], age: n[6],
+                    ..Default::default()
+                });
+                expect_sub += n[0];
+                expect_max_omem = expect_max_omem.max(n[3]);
+            }
+            let s = f.finish(&limits, None, None);
+            let total = sessions.len() as u64;
+            prop_assert_eq!(s.sessions, total);
+            prop_assert_eq!(s.by_node.iter().map(|x| x.1).sum::<u64>(), total);
+            prop_assert_eq!(s.by_command.iter().map(|x| x.1).sum::<u64>(), total);
+            prop_assert_eq!(s.by_client_name.iter().map(|x| x.1).sum::<u64>(), total);
+            prop_assert_eq!(s.by_db.iter().map(|x| x.1).sum::<u64>(), total);
+            prop_assert!(s.by_command.iter().filter(|x| x.0 != OTHER).count() <= max_commands);
+            prop_assert!(s.by_client_name.iter().filter(|x| x.0 != OTHER).count() <= max_names);
+            for d in [&s.idle, &s.age, &s.query_buffer, &s.output_buffer] {
+                prop_assert_eq!(d.count(), total);
+            }
+            prop_assert_eq!(s.subscriptions_channel, expect_sub);
+            prop_assert_eq!(s.output_buffer_max_bytes, expect_max_omem);
+            let with_flags = sessions.iter().filter(|x| !x.3.is_empty()).count() as u64;
+            prop_assert!(s.by_flag.iter().sum::<u64>() >= with_flags);
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The seam every source implements: one instance in, one [`Snapshot`] or a classified
+//! [`PollError`] out.
+//!
+//! The scheduler knows nothing about DAS or Redis: it hands a source the instance, a deadline
+//! and the shared [`Throttle`] (concurrency and request rate), and records what comes back.
+//! Retries live inside a source, because only it knows which failures are transient, and each
+//! attempt passes through the throttle, so retries can never outrun the configured rate.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+
+use crate::config::InstanceConfig;
+use crate::credentials::BoxFuture;
+use crate::snapshot::{Limits, Snapshot};
+
+/// Why a poll failed. Each variant maps to one bounded `code` label.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PollError {
+    /// The API answered with an error `Code`; kept verbatim (sanitised) as the label.
+    #[error("API error {code}: {message}")]
+    Api {
+        code: String,
+        message: String,
+        /// From `x-acs-retry-after`, when the gateway sent one.
+        retry_after: Option<Duration>,
+    },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection failed: {0}")]
+    Connection(String),
+    #[error("HTTP {status}: {detail}")]
+    Http { status: u16, detail: String },
+    #[error("invalid response: {0}")]
+    InvalidResponse(String),
+    #[error("no usable credentials: {0}")]
+    Credentials(String),
+    /// Failures of other sources (direct Redis), with their own bounded code.
+    #[error("{code}: {message}")]
+    Other { code: &'static str, message: String },
+}
+
+impl PollError {
+    /// The `code` label of `redis_session_exporter_poll_errors_total`.
+    pub fn code(&self) -> Cow<'_, str> {
+        match self {
+            PollError::Api { code, .. } => Cow::Owned(sanitize_code(code)),
+            PollError::Timeout(_) => Cow::Borrowed("timeout"),
+            PollError::Connection(_) => Cow::Borrowed("connection"),
+            PollError::Http { status, .. } => Cow::Owned(format!("http_{status}")),
+            PollError::InvalidResponse(_) => Cow::Borrowed("invalid_response"),
+            PollError::Credentials(_) => Cow::Borrowed("credentials"),
+            PollError::Other { code, .. } => Cow::Borrowed(code),
+        }
+    }
+
+    /// Worth another attempt within the same poll: throttling, server trouble, network trouble.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PollError::Api { code, .. } => {
+                code.starts_with("Throttling")
+                    || code.starts_with("ServiceUnavailable")
+                    || code == "InternalError"
+                    || code == "InternalServerError"
+            }
+            PollError::Timeout(_) | PollError::Connection(_) => true,
+            PollError::Http { status, .. } => *status >= 500 || *status == 429,
+            PollError::InvalidResponse(_) | PollError::Credentials(_) | PollError::Other { .. } => {
+                false
+            }
+        }
+    }
+
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PollError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Keeps an API code usable as a label value of bounded size: at most 64 characters of
+/// `[A-Za-z0-9._-]`. Real codes (`Throttling.User`, `InvalidTimeStamp.Expired`) pass unchanged.
+pub fn sanitize_code(code: &str) -> String {
+    let s: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    if s.is_empty() {
+        "invalid_response".to_owned()
+    } else {
+        s
+    }
+}
+
+/// Concurrency and start-rate limits shared by every poll of every instance.
+#[derive(Debug)]
+pub struct Throttle {
+    permits: Semaphore,
+    rate: DefaultDirectRateLimiter,
+    params: (usize, u64),
+}
+
+impl Throttle {
+    /// `concurrency` requests in flight at most, `per_second` started per second at most, spaced
+    /// evenly (a burst of one) so a thousand instances never fire together.
+    pub fn new(concurrency: usize, per_second: f64) -> Self {
+        let period = Duration::from_secs_f64(1.0 / per_second.max(1e-3));
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::MIN);
+        Self {
+            permits: Semaphore::new(concurrency.max(1)),
+            rate: RateLimiter::direct(quota),
+            params: (concurrency, per_second.to_bits()),
+        }
+    }
+
+    /// The parameters it was built with, to tell whether a reload changed them.
+    pub fn params(&self) -> (usize, u64) {
+        self.params
+    }
+
+    /// Waits for a free slot and then for the rate limit; `None` if `deadline` passes first.
+    /// Concurrency is taken first so that a request starts right after its rate token.
+    pub async fn acquire(&self, deadline: Instant) -> Option<SemaphorePermit<'_>> {
+        tokio::time::timeout_at(deadline, async {
+            let permit = self.permits.acquire().await.ok()?;
+            self.rate.until_ready().await;
+            Some(permit)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// What a source needs for one poll besides the instance.
+#[derive(Debug, Clone)]
+pub struct PollContext {
+    pub throttle: Arc<Throttle>,
+    /// Time allowed from the first attempt's start to the end of the last retry.
+    pub budget: Duration,
+    /// Time allowed for one attempt.
+    pub timeout: Duration,
+    pub limits: Limits,
+}
+
+/// First retry waits about this long; each further one twice as long.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// No single back-off is longer than this (unless the server asks for more).
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Back-off before retry number `retry` (1-based): exponential with "equal jitter" (half fixed,
+/// half random), never shorter than what the server asked for.
+pub fn backoff(retry: u32, server_asked: Option<Duration>) -> Duration {
+    let exp = BACKOFF_BASE
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    let half = exp / 2;
+    let jitter = half.mul_f64(rand::random::<f64>());
+    (half + jitter).max(server_asked.unwrap_or_default())
+}
+
+/// Runs `attempt` until it succeeds, fails permanently, or the budget is spent.
+///
+/// Every attempt first passes the throttle. Waiting for the *first* slot is queueing, not polling,
+/// so the budget starts when the first attempt does: a fleet larger than the rate allows is
+/// polled less often (and the skipped rounds are counted), rather than failing with timeouts.
+pub async fn with_retries<F, Fut, T>(ctx: &PollContext, mut attempt: F) -> Result<T, PollError>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, PollError>>,
+{
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut permit = ctx.throttle.acquire(far).await;
+    let deadline = Instant::now() + ctx.budget;
+    let mut retry = 0u32;
+    loop {
+        let now = Instant::now();
+        let timeout = ctx.timeout.min(deadline.saturating_duration_since(now));
+        let result = match tokio::time::timeout(timeout, attempt(timeout)).await {
+            Ok(r) => r,
+            Err(_) => Err(PollError::Timeout(timeout)),
+        };
+        drop(permit);
+        let err = match result {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => e,
+            Err(e) => return Err(e),
+        };
+        retry += 1;
+        let wait = backoff(retry, err.retry_after());
+        // A retry is only worth starting if it has a fair chance to finish inside the budget.
+        if Instant::now() + wait + ctx.timeout.min(Duration::from_secs(1)) >= deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(wait).await;
+        permit = match ctx.throttle.acquire(deadline).await {
+            Some(p) => Some(p),
+            None => return Err(err),
+        };
+    }
+}
+
+/// A source of sessions.
+pub trait Source: Send + Sync + 'static {
+    /// Polls one instance once (with the source's own retries) and folds the answer.
+    fn poll<'a>(
+        &'a self,
+        instance: &'a InstanceConfig,
+        ctx: &'a PollContext,
+    ) -> BoxFuture<'a, Result<Snapshot, PollError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_bounded_labels() {
+        let api = |c: &str| PollError::Api {
+            code: c.into(),
+            message: String::new(),
+            retry_after: None,
+        };
+        assert_eq!(api("Throttling.User").code(), "Throttling.User");
+        assert_eq!(api("Bad\"code\n{}").code(), "Badcode");
+        assert_eq!(api("\"\"").code(), "invalid_response");
+        assert_eq!(api(&"x".repeat(500)).code().len(), 64);
+        assert_eq!(
+            PollError::Http {
+                status: 502,
+                detail: String::new()
+            }
+            .code(),
+            "http_502"
+        );
+    }
+
+    #[test]
+    fn transient_classification() {
+        let api = |c: &str| PollError::Api {
+            code: c.into(),
+            message: String::new(),
+            retry_after: None,
+        };
+        for c in ["Throttling", "Throttling.User", "Throttling.Api", "ServiceUnavailable", "InternalError"] {
+            assert!(api(c).is_transient(), "{c}");
+        }
+        for c in ["SignatureDoesNotMatch", "InvalidParams", "NoPermission", "Forbidden.RAM", "InvalidTimeStamp.Expired", "InvalidAccessKeyId.NotFound"] {
+            assert!(!api(c).is_transient(), "{c}");
+        }
+        assert!(PollError::Timeout(Duration::from_secs(1)).is_transient());
+        assert!(PollError::Http { status: 503, detail: String::new() }.is_transient());
+        assert!(!PollError::Http { status: 404, detail: String::new() }.is_transient());
+        assert!(!PollError::InvalidResponse(String::new()).is_transient());
+    }
+
+    #[tokio::test]
+    async fn throttle_spaces_starts() {
+        let t = Throttle::new(10, 5.0);
+        let far = Instant::now() + Duration::from_secs(60);
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            drop(t.acquire(far).await.expect("permit"));
+        }
+        // A lower bound only (never an upper one): three starts at 5/s need two 200 ms periods.
+        assert!(start.elapsed() >= Duration::from_millis(390), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_the_server() {
+        for retry in 1..20 {
+            let b = backoff(retry, None);
+            let exp = BACKOFF_BASE.saturating_mul(1 << (retry - 1).min(16)).min(BACKOFF_CAP);
+            assert!(b >= exp / 2 && b <= exp, "retry {retry}: {b:?}");
+        }
+        assert!(backoff(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+    }
+
+    fn ctx(budget: Duration) -> PollContext {
+        PollContext {
+            throttle: Arc::new(Throttle::new(4, 1000.0)),
+            budget,
+            timeout: Duration::from_millis(200),
+            limits: Limits::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_transient_failures_then_succeeds() {
+        let mut calls = 0;
+        let r = with_retries(&ctx(Duration::from_secs(30)), |_| {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    Err(PollError::Api { code: "Throttling.User".into(), message: String::new(), retry_after: None })
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_are_not_retried() {
+        let mut calls = 0;
+        let r: Result<(), _> = with_retries(&ctx(Duration::from_secs(30)), |_| {
+            calls += 1;
+            async { Err(PollError::Api { code: "NoPermission".into(), message: String::new(), retry_after: None }) }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), "NoPermission");
+        assert_eq!(calls, 1);
+    }
+
+    #[tokio::test]
+    async fn slow_attempts_time_out_and_the_budget_ends_retries() {
+        let mut calls = 0;
+        let r: Result<(), _> = with_retries(&ctx(Duration::from_millis(900)), |_| {
+            calls += 1;
+            async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), "timeout");
+        assert!(calls <= 2, "{calls} attempts in a 0.9 s budget");
+    }
+
+    #[tokio::test]
+    async fn throttle_gives_up_at_the_deadline() {
+        let t = Throttle::new(1, 1000.0);
+        let _held = t.acquire(Instant::now() + Duration::from_secs(1)).await.unwrap();
+        let r = t.acquire(Instant::now() + Duration::from_millis(50)).await;
+        assert!(r.is_none());
+    }
+}

@@ -1,0 +1,129 @@
+//! The published state the HTTP server reads: one immutable entry per instance, swapped
+//! atomically when a poll lands.
+//!
+//! Writers (the instance tasks) replace an entry with a new `Arc`; readers (scrapes, the landing
+//! page) take a snapshot of the whole map with one atomic load. Nobody ever holds a lock across a
+//! poll or a scrape, so a scrape never waits on a poll or on another scrape.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::exposition::{Block, Format};
+
+/// What the landing page says about an instance's last poll.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// Not polled yet.
+    Pending,
+    Up { sessions: u64 },
+    Down { code: String, reason: String },
+}
+
+/// One instance as published.
+#[derive(Debug, Clone)]
+pub struct InstanceEntry {
+    pub id: String,
+    pub status: Status,
+    /// Unix seconds of the last finished poll.
+    pub last_poll_unix: Option<f64>,
+    /// Pre-encoded series, indexed by [`Format`].
+    pub blocks: [Block; 2],
+}
+
+impl InstanceEntry {
+    /// An instance known but not yet polled: it exports nothing until its first poll finishes.
+    pub fn pending(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            status: Status::Pending,
+            last_poll_unix: None,
+            blocks: Default::default(),
+        }
+    }
+
+    pub fn block(&self, fmt: Format) -> &Block {
+        &self.blocks[fmt as usize]
+    }
+}
+
+/// Process-wide counters shown on /metrics.
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    pub skipped_polls: AtomicU64,
+}
+
+/// The map of published entries.
+#[derive(Debug, Default)]
+pub struct Store {
+    instances: ArcSwap<BTreeMap<String, Arc<InstanceEntry>>>,
+    pub stats: GlobalStats,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Publishes (or replaces) one instance's entry.
+    pub fn publish(&self, entry: InstanceEntry) {
+        let entry = Arc::new(entry);
+        self.instances.rcu(|m| {
+            let mut m = BTreeMap::clone(m);
+            m.insert(entry.id.clone(), entry.clone());
+            m
+        });
+    }
+
+    /// Forgets an instance: its series disappear from the next scrape.
+    pub fn remove(&self, id: &str) {
+        self.instances.rcu(|m| {
+            let mut m = BTreeMap::clone(m);
+            m.remove(id);
+            m
+        });
+    }
+
+    /// A consistent view of every instance, by id.
+    pub fn snapshot(&self) -> Arc<BTreeMap<String, Arc<InstanceEntry>>> {
+        self.instances.load_full()
+    }
+
+    /// True once every known instance has finished at least one poll.
+    pub fn all_polled(&self) -> bool {
+        self.instances
+            .load()
+            .values()
+            .all(|e| e.status != Status::Pending)
+    }
+
+    pub fn skipped_polls(&self) -> u64 {
+        self.stats.skipped_polls.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_replace_remove_and_readiness() {
+        let s = Store::new();
+        assert!(s.all_polled(), "no instances: nothing to wait for");
+        s.publish(InstanceEntry::pending("a"));
+        s.publish(InstanceEntry::pending("b"));
+        assert!(!s.all_polled());
+        let before = s.snapshot();
+        s.publish(InstanceEntry { status: Status::Up { sessions: 1 }, ..InstanceEntry::pending("a") });
+        s.publish(InstanceEntry {
+            status: Status::Down { code: "timeout".into(), reason: "x".into() },
+            ..InstanceEntry::pending("b")
+        });
+        assert!(s.all_polled());
+        assert_eq!(before["a"].status, Status::Pending, "old views are unaffected");
+        s.remove("a");
+        assert_eq!(s.snapshot().keys().collect::<Vec<_>>(), vec!["b"]);
+    }
+}
