@@ -1,24 +1,56 @@
-//! Wires config, credentials, source, scheduler, store and server into the running exporter.
+//! Wires config, credentials, source, scheduler, store and server into the running exporter, and
+//! owns the one place where the instance set changes: the control loop.
+//!
+//! Everything that changes what is polled (a reload, a discovery refresh) is a [`Control`]
+//! message to that loop, which recomputes the effective set ([`crate::fleet::effective`]) and
+//! hands it to [`Scheduler::apply`]. One owner, no locks around the scheduler.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, InstanceConfig};
 use crate::credentials::CredentialProvider;
 use crate::das::DasClient;
+use crate::exposition::{BlockWriter, Fam, Format};
+use crate::fleet::{self, Sharding};
 use crate::scheduler::Scheduler;
 use crate::server::{app, AppState};
+use crate::source::Source;
 use crate::store::Store;
+
+/// Re-reads the configuration (file, environment, flags) for a reload.
+pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// Messages to the control loop.
+#[derive(Debug)]
+pub enum Control {
+    /// Re-read the configuration; the reply says whether it was applied.
+    Reload {
+        reply: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    /// A discovery source's current list (replaces that source's previous list).
+    Discovered {
+        key: String,
+        instances: Vec<InstanceConfig>,
+    },
+}
+
+/// Handle to the control loop.
+pub type ControlSender = mpsc::Sender<Control>;
 
 /// Runs the exporter until `shutdown` is cancelled. `on_bound` learns the listening address
 /// (useful with port 0).
 pub async fn run(
     cfg: Config,
     credentials: Arc<dyn CredentialProvider>,
+    reloader: Option<Reloader>,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
@@ -26,24 +58,141 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
     let addr = listener.local_addr()?;
-    on_bound(addr);
 
     let store = Arc::new(Store::new());
-    let source = Arc::new(DasClient::new(&cfg.das, credentials).context("building the HTTP client")?);
-    let mut scheduler = Scheduler::new(source, store.clone(), &cfg, shutdown.clone());
-    scheduler.apply(&cfg);
-    if scheduler.is_empty() {
-        tracing::warn!("no instances configured: nothing to poll");
-    }
-    tracing::info!(%addr, instances = scheduler.len(), interval = ?cfg.poll.interval, "serving /metrics");
+    let source: Arc<dyn Source> =
+        Arc::new(DasClient::new(&cfg.das, credentials).context("building the HTTP client")?);
+    let (tx, rx) = mpsc::channel(16);
+    let control = tokio::spawn(control_loop(
+        cfg.clone(),
+        source,
+        store.clone(),
+        reloader,
+        rx,
+        shutdown.clone(),
+    ));
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(tx.clone(), shutdown.clone()));
 
-    axum::serve(listener, app(AppState::new(store)))
+    on_bound(addr);
+    tracing::info!(%addr, instances = cfg.instances.len(), interval = ?cfg.poll.interval, "serving /metrics");
+    axum::serve(listener, app(AppState::new(store).with_control(tx)))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("HTTP server")?;
-    scheduler.stop().await;
+    shutdown.cancel();
+    let _ = control.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Owns the scheduler; applies reloads and discovery results.
+async fn control_loop(
+    mut cfg: Config,
+    source: Arc<dyn Source>,
+    store: Arc<Store>,
+    reloader: Option<Reloader>,
+    mut rx: mpsc::Receiver<Control>,
+    shutdown: CancellationToken,
+) {
+    let sharding = Sharding::default();
+    let mut discovered: BTreeMap<String, Vec<InstanceConfig>> = BTreeMap::new();
+    let mut scheduler = Scheduler::new(source, store.clone(), &cfg, shutdown.clone());
+    let apply = |scheduler: &mut Scheduler, cfg: &Config, discovered: &BTreeMap<String, Vec<InstanceConfig>>| {
+        let mut effective = cfg.clone();
+        effective.instances = fleet::effective(&cfg.instances, discovered, sharding);
+        scheduler.apply(&effective);
+        if scheduler.is_empty() {
+            tracing::warn!("no instances to poll");
+        }
+    };
+    apply(&mut scheduler, &cfg, &discovered);
+    publish_reload_status(&store, true);
+
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+        };
+        match msg {
+            Control::Reload { reply } => {
+                let outcome = match &reloader {
+                    None => Err("this process was not started from a configuration file".to_owned()),
+                    Some(load) => load().and_then(|new| {
+                        warn_restart_only_changes(&cfg, &new);
+                        cfg = new;
+                        apply(&mut scheduler, &cfg, &discovered);
+                        Ok(())
+                    }),
+                };
+                match &outcome {
+                    Ok(()) => tracing::info!(instances = scheduler.len(), "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload rejected; the previous configuration stays in force"),
+                }
+                publish_reload_status(&store, outcome.is_ok());
+                if let Some(r) = reply {
+                    let _ = r.send(outcome);
+                }
+            }
+            Control::Discovered { key, instances } => {
+                discovered.insert(key, instances);
+                apply(&mut scheduler, &cfg, &discovered);
+            }
+        }
+    }
+    scheduler.stop().await;
+}
+
+/// Settings bound at start-up: a reload cannot change them, so say so rather than ignore them.
+fn warn_restart_only_changes(old: &Config, new: &Config) {
+    if old.server.listen != new.server.listen {
+        tracing::warn!("server.listen changed; it takes effect after a restart");
+    }
+    if old.das != new.das {
+        tracing::warn!("[das] changed; it takes effect after a restart");
+    }
+    if format!("{:?}", old.credentials) != format!("{:?}", new.credentials) {
+        tracing::warn!("[credentials] changed; it takes effect after a restart");
+    }
+}
+
+/// Remembered across reloads: when the configuration was last (re)loaded successfully.
+static LAST_RELOAD_OK: std::sync::Mutex<f64> = std::sync::Mutex::new(0.0);
+
+fn publish_reload_status(store: &Store, ok: bool) {
+    let mut last = LAST_RELOAD_OK.lock().unwrap_or_else(|p| p.into_inner());
+    if ok {
+        *last = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+    }
+    let blocks = Format::ALL.map(|fmt| {
+        let mut w = BlockWriter::new(fmt, None);
+        w.gauge(Fam::ConfigReloadSuccessful, &[], u64::from(ok));
+        w.gauge(Fam::ConfigReloadTimestamp, &[], *last);
+        w.finish()
+    });
+    store.publish_global("reload", blocks);
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(tx: ControlSender, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /-/reload");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = hup.recv() => if s.is_none() { return },
+        }
+        tracing::info!("SIGHUP: reloading the configuration");
+        if tx.send(Control::Reload { reply: None }).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

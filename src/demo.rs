@@ -50,7 +50,7 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
         simulator::DEFAULT_KEY_SECRET,
         None,
     )));
-    crate::daemon::run(cfg, creds, shutdown, |addr| {
+    crate::daemon::run(cfg, creds, None, shutdown, |addr| {
         let shown = if addr.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], addr.port()))
         } else {

@@ -142,7 +142,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         Arc::new(credentials::Unavailable(e))
                     }
                 };
-            daemon::run(cfg, creds, shutdown_on_signal(), |_| {}).await?;
+            let (path, overrides) = (cli.config.clone(), Overrides { listen: cli.listen });
+            let reloader: daemon::Reloader = Arc::new(move || {
+                let path = path.as_ref().ok_or("no configuration file")?;
+                Config::load(path, &overrides).map_err(|e| e.to_string())
+            });
+            daemon::run(cfg, creds, Some(reloader), shutdown_on_signal(), |_| {}).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
+use crate::daemon::{Control, ControlSender};
 use crate::exposition::{encode_global, render, Block, Format, GlobalReport};
 use crate::store::{Status, Store};
 
@@ -21,6 +22,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Size of the last body, to allocate the next one in one go.
     last_size: Arc<AtomicUsize>,
+    /// The daemon's control loop, for `POST /-/reload`.
+    control: Option<ControlSender>,
 }
 
 impl AppState {
@@ -28,7 +31,13 @@ impl AppState {
         Self {
             store,
             last_size: Arc::new(AtomicUsize::new(64 * 1024)),
+            control: None,
         }
+    }
+
+    pub fn with_control(mut self, tx: ControlSender) -> Self {
+        self.control = Some(tx);
+        self
     }
 }
 
@@ -39,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/-/reload", post(reload))
         .with_state(state)
 }
 
@@ -100,9 +110,11 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
             instances: instances.len() as u64,
         },
     );
+    let globals = st.store.globals();
     let blocks = instances
         .values()
         .map(|e| e.block(fmt))
+        .chain(globals.values().map(|g| &g[fmt as usize]))
         .chain(std::iter::once::<&Block>(&global));
     let mut body = Vec::with_capacity(st.last_size.load(Ordering::Relaxed) + 4096);
     render(fmt, blocks, &mut body);
@@ -130,6 +142,22 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
     resp.headers_mut()
         .insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
     resp
+}
+
+/// `POST /-/reload`: 200 when the new configuration is in force, 400 with the reason otherwise.
+async fn reload(State(st): State<AppState>) -> (StatusCode, String) {
+    let Some(tx) = &st.control else {
+        return (StatusCode::NOT_FOUND, "reload is not available\n".into());
+    };
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if tx.send(Control::Reload { reply: Some(reply) }).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    match rx.await {
+        Ok(Ok(())) => (StatusCode::OK, "configuration reloaded\n".into()),
+        Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("reload rejected: {e}\n")),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
+    }
 }
 
 async fn readyz(State(st): State<AppState>) -> (StatusCode, &'static str) {

@@ -13,6 +13,10 @@ pub const AGE_BOUNDS: &[u64] = &[60, 300, 1800, 3600, 21600, 86400, 604_800, 2_5
 /// Upper bounds of the query and output buffer distributions.
 pub const BUFFER_BOUNDS: &[u64] = &[0, 1024, 16384, 65536, 1_048_576, 16_777_216];
 
+/// Upper bounds of `redis_session_total_memory_bytes` (direct source only): a bare connection
+/// uses about 20 KiB, so the first bucket sits just above that.
+pub const TOTAL_MEMORY_BOUNDS: &[u64] = &[32_768, 65_536, 262_144, 1_048_576, 16_777_216, 268_435_456];
+
 /// The label value used for everything beyond a cap.
 pub const OTHER: &str = "other";
 
@@ -136,6 +140,10 @@ pub struct SessionView<'a> {
     pub omem: u64,
     pub idle: u64,
     pub age: u64,
+    /// Fields only a direct source has (`user`, `lib-name`, `tot-mem`); `None` from DAS.
+    pub user: Option<&'a str>,
+    pub lib_name: Option<&'a str>,
+    pub tot_mem: Option<u64>,
 }
 
 /// The streaming accumulator. Text keys are copied once per distinct value, never per session.
@@ -161,6 +169,11 @@ pub struct Fold {
     age: Distribution,
     qbuf: Distribution,
     omem: Distribution,
+    users: HashMap<Box<str>, u64>,
+    libraries: HashMap<Box<str>, u64>,
+    tot_mem: Distribution,
+    /// True once any session carried direct-only fields.
+    direct_fields: bool,
     /// Reused buffer for lower-casing commands without an allocation per session.
     scratch: String,
 }
@@ -202,6 +215,10 @@ impl Fold {
             age: Distribution::new(AGE_BOUNDS),
             qbuf: Distribution::new(BUFFER_BOUNDS),
             omem: Distribution::new(BUFFER_BOUNDS),
+            users: HashMap::new(),
+            libraries: HashMap::new(),
+            tot_mem: Distribution::new(TOTAL_MEMORY_BOUNDS),
+            direct_fields: false,
             scratch: String::new(),
         }
     }
@@ -241,6 +258,12 @@ impl Fold {
         self.age.observe(s.age);
         self.qbuf.observe(s.qbuf);
         self.omem.observe(s.omem);
+        if s.user.is_some() || s.lib_name.is_some() || s.tot_mem.is_some() {
+            self.direct_fields = true;
+            bump(&mut self.users, s.user.unwrap_or(""), 1);
+            bump(&mut self.libraries, s.lib_name.unwrap_or(""), 1);
+            self.tot_mem.observe(s.tot_mem.unwrap_or(0));
+        }
     }
 
     /// Adds `count` sessions from one source address (DAS `SourceStats`, or a direct source's
@@ -287,6 +310,11 @@ impl Fold {
             age: self.age,
             query_buffer: self.qbuf,
             output_buffer: self.omem,
+            direct: self.direct_fields.then(|| DirectFigures {
+                by_user: cap(self.users, limits.max_client_names),
+                by_library: cap(self.libraries, limits.max_client_names),
+                total_memory: self.tot_mem,
+            }),
         }
     }
 }
@@ -351,6 +379,16 @@ pub struct Snapshot {
     pub age: Distribution,
     pub query_buffer: Distribution,
     pub output_buffer: Distribution,
+    /// Present only when the source reports direct-only fields.
+    pub direct: Option<DirectFigures>,
+}
+
+/// Figures only a direct (CLIENT LIST) source can give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectFigures {
+    pub by_user: Vec<(String, u64)>,
+    pub by_library: Vec<(String, u64)>,
+    pub total_memory: Distribution,
 }
 
 /// Name under which flag slot `i` is exported.

@@ -55,10 +55,15 @@ pub struct GlobalStats {
     pub skipped_polls: AtomicU64,
 }
 
+/// Process-wide series of one subsystem (credentials, reload, discovery, sharding), indexed by
+/// [`Format`].
+pub type GlobalBlocks = [Block; 2];
+
 /// The map of published entries.
 #[derive(Debug, Default)]
 pub struct Store {
     instances: ArcSwap<BTreeMap<String, Arc<InstanceEntry>>>,
+    globals: ArcSwap<BTreeMap<&'static str, Arc<GlobalBlocks>>>,
     pub stats: GlobalStats,
 }
 
@@ -97,6 +102,21 @@ impl Store {
             .load()
             .values()
             .all(|e| e.status != Status::Pending)
+    }
+
+    /// Publishes (or replaces) the process-wide series of subsystem `key`.
+    pub fn publish_global(&self, key: &'static str, blocks: GlobalBlocks) {
+        let blocks = Arc::new(blocks);
+        self.globals.rcu(|m| {
+            let mut m = BTreeMap::clone(m);
+            m.insert(key, blocks.clone());
+            m
+        });
+    }
+
+    /// Every subsystem's process-wide blocks.
+    pub fn globals(&self) -> Arc<BTreeMap<&'static str, Arc<GlobalBlocks>>> {
+        self.globals.load_full()
     }
 
     pub fn skipped_polls(&self) -> u64 {

@@ -193,6 +193,9 @@ impl<'de> Visitor<'de> for SessionsSeed<'_> {
                 omem: s.omem.non_negative(),
                 idle: s.idle.non_negative(),
                 age: s.age.non_negative(),
+                user: None,
+                lib_name: None,
+                tot_mem: None,
             });
         }
         Ok(())

@@ -66,6 +66,13 @@ families! {
         "Distribution of the query buffer size of the current sessions.";
     OutputBufferBytes => "redis_session_output_buffer_bytes", GaugeHistogram,
         "Distribution of the output buffer memory of the current sessions.";
+    // Direct source only (issue 7): fields only Redis itself reports.
+    ByUser => "redis_sessions_by_user", Gauge,
+        "Sessions per ACL user (direct source only); beyond max_client_names, summed in user=\"other\".";
+    ByLibrary => "redis_sessions_by_library", Gauge,
+        "Sessions per client library name (lib-name; direct source only).";
+    TotalMemoryBytes => "redis_session_total_memory_bytes", GaugeHistogram,
+        "Distribution of the total memory used by each session (tot-mem; direct source only).";
     QueryBufferMax => "redis_session_query_buffer_max_bytes", Gauge,
         "Largest query buffer of any session.";
     OutputBufferMax => "redis_session_output_buffer_max_bytes", Gauge,
@@ -86,6 +93,25 @@ families! {
         "Duration of the last poll of the instance, retries included.";
     InstanceInfo => "redis_session_instance_info", Gauge,
         "Always 1; carries the instance's configured labels.";
+    // Process-wide series. Each subsystem publishes its own block of these (see `Store::publish_global`).
+    CredentialsExpiry => "redis_session_exporter_credentials_expiry_timestamp_seconds", Gauge,
+        "When the current short-lived credentials expire (absent for long-lived keys).";
+    CredentialErrors => "redis_session_exporter_credential_errors", Counter,
+        "Failures to obtain or refresh credentials, by provider.";
+    ConfigReloadSuccessful => "redis_session_exporter_config_last_reload_successful", Gauge,
+        "1 if the last configuration reload succeeded, else 0.";
+    ConfigReloadTimestamp => "redis_session_exporter_config_last_reload_success_timestamp_seconds", Gauge,
+        "Unix time of the last successful configuration (re)load.";
+    DiscoveryInstances => "redis_session_exporter_discovery_instances", Gauge,
+        "Instances found by the last successful discovery refresh, per region.";
+    DiscoveryErrors => "redis_session_exporter_discovery_errors", Counter,
+        "Failed discovery refreshes, per region and error code.";
+    DiscoveryLastSuccess => "redis_session_exporter_discovery_last_success_timestamp_seconds", Gauge,
+        "Unix time of the last successful discovery refresh, per region.";
+    ShardOrdinal => "redis_session_exporter_shard_ordinal", Gauge,
+        "This replica's shard number.";
+    TotalShards => "redis_session_exporter_total_shards", Gauge,
+        "Number of shards the fleet is split into.";
     Instances => "redis_session_exporter_instances", Gauge,
         "Instances this exporter polls.";
     SkippedPolls => "redis_session_exporter_skipped_polls", Counter,

@@ -384,6 +384,15 @@ fn write_snapshot(w: &mut BlockWriter, s: &Snapshot) {
     w.gauge_histogram(Fam::AgeSeconds, &[], &s.age);
     w.gauge_histogram(Fam::QueryBufferBytes, &[], &s.query_buffer);
     w.gauge_histogram(Fam::OutputBufferBytes, &[], &s.output_buffer);
+    if let Some(d) = &s.direct {
+        for (user, n) in &d.by_user {
+            w.gauge(Fam::ByUser, &[("user", user)], *n);
+        }
+        for (lib, n) in &d.by_library {
+            w.gauge(Fam::ByLibrary, &[("library", lib)], *n);
+        }
+        w.gauge_histogram(Fam::TotalMemoryBytes, &[], &d.total_memory);
+    }
     w.gauge(Fam::QueryBufferMax, &[], s.query_buffer_max_bytes);
     w.gauge(Fam::OutputBufferMax, &[], s.output_buffer_max_bytes);
     w.gauge(Fam::OutputListMax, &[], s.output_list_max_objects);
