@@ -316,8 +316,13 @@ step_shellcheck() {
     case "$first" in
       '#!'*sh*) shellcheck "$f" || rc=1 ;;
       '#!'*) echo "   (skipped $f: not a shell script: $first)" ;;
-      # `bash .ci/run` needs no shebang: check it as bash.
-      *) shellcheck --shell=bash "$f" || rc=1 ;;
+      *)
+        case "${f##*/}" in
+          # `bash .ci/run` needs no shebang: check such files as bash.
+          *.sh | *.bash | +([!.])) shellcheck --shell=bash "$f" || rc=1 ;;
+          *) echo "   (skipped $f: no shebang, not *.sh)" ;;
+        esac
+        ;;
     esac
   done
   return "$rc"

@@ -235,7 +235,9 @@ impl Config {
             .collect();
         let mut fig = Figment::new().merge(Toml::string(toml_text));
         for (k, v) in &env {
-            let key = k[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+            let key = k[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
             // Parsed the way figment's own `Env` provider parses (numbers, booleans, else a
             // string); done by hand so tests can pass the environment in.
             let value: figment::value::Value = v.parse().unwrap_or_else(|e| match e {});
@@ -263,7 +265,10 @@ impl Config {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
             _ => err(
                 "das.endpoint",
-                format!("{:?} is not an http(s)://host[:port] URL", self.das.endpoint),
+                format!(
+                    "{:?} is not an http(s)://host[:port] URL",
+                    self.das.endpoint
+                ),
             ),
         }
         if self.das.timeout.is_zero() {
@@ -278,7 +283,8 @@ impl Config {
         if self.poll.concurrency == 0 {
             err("poll.concurrency", "must be at least 1".into());
         }
-        if !(self.poll.max_requests_per_second.is_finite() && self.poll.max_requests_per_second > 0.0)
+        if !(self.poll.max_requests_per_second.is_finite()
+            && self.poll.max_requests_per_second > 0.0)
         {
             err(
                 "poll.max_requests_per_second",
@@ -293,7 +299,15 @@ impl Config {
                     .into(),
             );
         }
-        const PROVIDERS: &[&str] = &["default", "env", "static", "oidc", "profile", "file", "ecs_ram_role"];
+        const PROVIDERS: &[&str] = &[
+            "default",
+            "env",
+            "static",
+            "oidc",
+            "profile",
+            "file",
+            "ecs_ram_role",
+        ];
         if !PROVIDERS.contains(&self.credentials.provider.as_str()) {
             err(
                 "credentials.provider",
@@ -347,10 +361,14 @@ pub fn check_label_name(name: &str) -> Result<(), String> {
         ));
     }
     if name.starts_with("__") {
-        return Err(format!("{name:?}: names starting with __ are reserved by Prometheus"));
+        return Err(format!(
+            "{name:?}: names starting with __ are reserved by Prometheus"
+        ));
     }
     if RESERVED_LABELS.contains(&name) {
-        return Err(format!("{name:?} collides with a label the exporter sets itself"));
+        return Err(format!(
+            "{name:?} collides with a label the exporter sets itself"
+        ));
     }
     Ok(())
 }
@@ -373,7 +391,11 @@ fn figment_errors(e: figment::Error) -> ConfigError {
                 .map(|m| format!(" (from {})", m.name))
                 .unwrap_or_default();
             KeyError {
-                key: if path.is_empty() { "(top level)".into() } else { path.join(".") },
+                key: if path.is_empty() {
+                    "(top level)".into()
+                } else {
+                    path.join(".")
+                },
                 reason: format!("{}{from}", e.kind),
             }
         })
@@ -412,7 +434,14 @@ mod tests {
         assert_eq!(c.poll.interval, Duration::from_secs(60));
         assert_eq!(c.poll.concurrency, 4);
         assert_eq!(c.poll.max_requests_per_second, 5.0);
-        assert_eq!(c.limits, Limits { max_sources: 50, max_commands: 100, max_client_names: 50 });
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_sources: 50,
+                max_commands: 100,
+                max_client_names: 50
+            }
+        );
         assert_eq!(c.instances, vec![InstanceConfig::new("r-1")]);
     }
 
@@ -461,8 +490,13 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:1");
         let c = Config::from_sources(
             MINIMAL,
-            vec![("REDIS_SESSION_EXPORTER_SERVER__LISTEN".into(), "127.0.0.1:1".into())],
-            &Overrides { listen: Some("127.0.0.1:2".parse().unwrap()) },
+            vec![(
+                "REDIS_SESSION_EXPORTER_SERVER__LISTEN".into(),
+                "127.0.0.1:1".into(),
+            )],
+            &Overrides {
+                listen: Some("127.0.0.1:2".parse().unwrap()),
+            },
         )
         .unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:2");
@@ -473,37 +507,69 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("[poll]\nintervall = \"1s\"\n", "poll.intervall"),
             ("[poll]\ninterval = \"soon\"\n", "poll.interval"),
-            ("[poll]\nconcurrency = 0\n[[instances]]\nid=\"a\"\n", "poll.concurrency"),
-            ("[poll]\nmax_requests_per_second = 0\n[[instances]]\nid=\"a\"\n", "poll.max_requests_per_second"),
+            (
+                "[poll]\nconcurrency = 0\n[[instances]]\nid=\"a\"\n",
+                "poll.concurrency",
+            ),
+            (
+                "[poll]\nmax_requests_per_second = 0\n[[instances]]\nid=\"a\"\n",
+                "poll.max_requests_per_second",
+            ),
             ("[[instances]]\nid = \"\"\n", "instances[0].id"),
-            ("[[instances]]\nid = \"a\"\n[[instances]]\nid = \"a\"\n", "instances[1].id"),
-            ("[[instances]]\nid = \"a\"\nlabels = { \"bad-name\" = \"x\" }\n", "instances[0].labels.bad-name"),
-            ("[[instances]]\nid = \"a\"\nlabels = { node_id = \"x\" }\n", "instances[0].labels.node_id"),
-            ("[[instances]]\nid = \"a\"\nlabels = { __x = \"x\" }\n", "instances[0].labels.__x"),
+            (
+                "[[instances]]\nid = \"a\"\n[[instances]]\nid = \"a\"\n",
+                "instances[1].id",
+            ),
+            (
+                "[[instances]]\nid = \"a\"\nlabels = { \"bad-name\" = \"x\" }\n",
+                "instances[0].labels.bad-name",
+            ),
+            (
+                "[[instances]]\nid = \"a\"\nlabels = { node_id = \"x\" }\n",
+                "instances[0].labels.node_id",
+            ),
+            (
+                "[[instances]]\nid = \"a\"\nlabels = { __x = \"x\" }\n",
+                "instances[0].labels.__x",
+            ),
             ("[[instances]]\nidd = \"a\"\n", "instances"),
             ("[das]\nendpoint = \"ftp://x\"\n", "das.endpoint"),
-            ("[credentials]\naccess_key_secret = \"oops-not-here\"\n", "credentials.access_key_secret"),
-            ("[credentials]\nprovider = \"magic\"\n", "credentials.provider"),
+            (
+                "[credentials]\naccess_key_secret = \"oops-not-here\"\n",
+                "credentials.access_key_secret",
+            ),
+            (
+                "[credentials]\nprovider = \"magic\"\n",
+                "credentials.provider",
+            ),
             ("bogus = 1\n", "bogus"),
         ];
         for (toml, key) in cases {
             let text = error_text(load(toml));
             assert!(text.contains(&format!("`{key}")), "{toml:?}: {text}");
         }
-        let text = error_text(load_env(MINIMAL, &[("REDIS_SESSION_EXPORTER_POLL__INTERVAL", "x")]));
+        let text = error_text(load_env(
+            MINIMAL,
+            &[("REDIS_SESSION_EXPORTER_POLL__INTERVAL", "x")],
+        ));
         assert!(text.contains("poll.interval"), "{text}");
     }
 
     #[test]
     fn inline_secret_is_refused_and_never_printed() {
-        let text = error_text(load("[credentials]\naccess_key_secret = \"hunter2-secret\"\n"));
+        let text = error_text(load(
+            "[credentials]\naccess_key_secret = \"hunter2-secret\"\n",
+        ));
         assert!(!text.contains("hunter2-secret"), "{text}");
         assert!(text.contains("access_key_secret_file"), "{text}");
     }
 
     #[test]
     fn check_config_output_round_trips() {
-        let c = load("[poll]\ninterval = \"90s\"\n[[instances]]\nid = \"r-1\"\nlabels = { env = \"x\" }\n").unwrap();
+        let c = load(
+            "[poll]\ninterval = \"90s\"\n[[instances]]\nid = \"r-1\"\nlabels = { env = \"x\" }\n",
+        )
+        .unwrap();
         let again = load(&c.to_toml()).unwrap();
         assert_eq!(again.poll, c.poll);
         assert_eq!(again.instances, c.instances);

@@ -98,7 +98,9 @@ async fn control_loop(
     let sharding = Sharding::default();
     let mut discovered: BTreeMap<String, Vec<InstanceConfig>> = BTreeMap::new();
     let mut scheduler = Scheduler::new(source, store.clone(), &cfg, shutdown.clone());
-    let apply = |scheduler: &mut Scheduler, cfg: &Config, discovered: &BTreeMap<String, Vec<InstanceConfig>>| {
+    let apply = |scheduler: &mut Scheduler,
+                 cfg: &Config,
+                 discovered: &BTreeMap<String, Vec<InstanceConfig>>| {
         let mut effective = cfg.clone();
         effective.instances = fleet::effective(&cfg.instances, discovered, sharding);
         scheduler.apply(&effective);
@@ -117,17 +119,20 @@ async fn control_loop(
         match msg {
             Control::Reload { reply } => {
                 let outcome = match &reloader {
-                    None => Err("this process was not started from a configuration file".to_owned()),
-                    Some(load) => load().and_then(|new| {
+                    None => {
+                        Err("this process was not started from a configuration file".to_owned())
+                    }
+                    Some(load) => load().map(|new| {
                         warn_restart_only_changes(&cfg, &new);
                         cfg = new;
                         apply(&mut scheduler, &cfg, &discovered);
-                        Ok(())
                     }),
                 };
                 match &outcome {
                     Ok(()) => tracing::info!(instances = scheduler.len(), "configuration reloaded"),
-                    Err(e) => tracing::error!(error = %e, "reload rejected; the previous configuration stays in force"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload rejected; the previous configuration stays in force")
+                    }
                 }
                 publish_reload_status(&store, outcome.is_ok());
                 if let Some(r) = reply {

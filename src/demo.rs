@@ -12,7 +12,12 @@ use crate::simulator::{self, Fault, SimConfig, SimInstance};
 
 /// The demo's instances: a few healthy ones of different sizes, and one that is throttled now
 /// and then so the health series have something to show.
-pub const DEMO_INSTANCES: &[&str] = &["r-demo-orders", "r-demo-sessions", "r-demo-cache", "r-demo-flaky"];
+pub const DEMO_INSTANCES: &[&str] = &[
+    "r-demo-orders",
+    "r-demo-sessions",
+    "r-demo-cache",
+    "r-demo-flaky",
+];
 
 /// Runs the demo until `shutdown`.
 pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -26,12 +31,21 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
             sessions: Some(120),
             fault: Some(Fault::Every {
                 every: 4,
-                fault: Box::new(Fault::ThrottlingUser { retry_after_ms: None }),
+                fault: Box::new(Fault::ThrottlingUser {
+                    retry_after_ms: None,
+                }),
             }),
         },
     );
-    sim.instances.insert("r-demo-sessions".into(), SimInstance { sessions: Some(2000), fault: None });
-    let sim_addr = simulator::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), sim, shutdown.clone()).await?;
+    sim.instances.insert(
+        "r-demo-sessions".into(),
+        SimInstance {
+            sessions: Some(2000),
+            fault: None,
+        },
+    );
+    let sim_addr =
+        simulator::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), sim, shutdown.clone()).await?;
 
     let mut cfg = Config::default();
     cfg.server.listen = listen;

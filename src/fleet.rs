@@ -64,8 +64,14 @@ mod tests {
         let mut disc = InstanceConfig::new("r-a");
         disc.labels.insert("team".into(), "inventory".into());
         let discovered: BTreeMap<String, Vec<InstanceConfig>> = [
-            ("d0/cn-hangzhou".to_owned(), vec![disc, InstanceConfig::new("r-b")]),
-            ("d1/cn-beijing".to_owned(), vec![InstanceConfig::new("r-b"), InstanceConfig::new("r-c")]),
+            (
+                "d0/cn-hangzhou".to_owned(),
+                vec![disc, InstanceConfig::new("r-b")],
+            ),
+            (
+                "d1/cn-beijing".to_owned(),
+                vec![InstanceConfig::new("r-b"), InstanceConfig::new("r-c")],
+            ),
         ]
         .into();
         let e = effective(&[stat], &discovered, Sharding::default());
@@ -76,7 +82,9 @@ mod tests {
 
     #[test]
     fn shards_partition_the_fleet() {
-        let all: Vec<InstanceConfig> = (0..500).map(|n| InstanceConfig::new(format!("r-{n}"))).collect();
+        let all: Vec<InstanceConfig> = (0..500)
+            .map(|n| InstanceConfig::new(format!("r-{n}")))
+            .collect();
         let none = BTreeMap::new();
         let mut seen = std::collections::HashSet::new();
         for shard in 0..3 {

@@ -48,7 +48,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -99,11 +102,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Some(Command::Demo) => {
             telemetry::init("info");
-            let listen = cli.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10379)));
+            let listen = cli
+                .listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10379)));
             demo::run(listen, shutdown_on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Simulate { sim_config, churn, seed }) => {
+        Some(Command::Simulate {
+            sim_config,
+            churn,
+            seed,
+        }) => {
             telemetry::init("info");
             let mut cfg = match sim_config {
                 Some(p) => {
@@ -118,7 +127,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(s) = seed {
                 cfg.seed = *s;
             }
-            let listen = cli.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10380)));
+            let listen = cli
+                .listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10380)));
             let shutdown = shutdown_on_signal();
             let addr = simulator::spawn(listen, cfg, shutdown.clone()).await?;
             println!("DAS simulator listening on http://{addr}/");
@@ -134,14 +145,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             telemetry::init("info");
-            let creds: Arc<dyn credentials::CredentialProvider> =
-                match credentials::from_config(&cfg.credentials) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(error = %e, "no credentials: every poll will fail with code=\"credentials\"");
-                        Arc::new(credentials::Unavailable(e))
-                    }
-                };
+            let creds: Arc<dyn credentials::CredentialProvider> = match credentials::from_config(
+                &cfg.credentials,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "no credentials: every poll will fail with code=\"credentials\"");
+                    Arc::new(credentials::Unavailable(e))
+                }
+            };
             let (path, overrides) = (cli.config.clone(), Overrides { listen: cli.listen });
             let reloader: daemon::Reloader = Arc::new(move || {
                 let path = path.as_ref().ok_or("no configuration file")?;

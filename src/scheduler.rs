@@ -211,7 +211,13 @@ impl Hasher for Fnv1a {
 
 /// The first grid point strictly after `after`, and how many grid points were passed over
 /// between `prev` (the slot just used) and it.
-fn next_slot(epoch: Instant, phase: Duration, interval: Duration, prev: Instant, after: Instant) -> (Instant, u64) {
+fn next_slot(
+    epoch: Instant,
+    phase: Duration,
+    interval: Duration,
+    prev: Instant,
+    after: Instant,
+) -> (Instant, u64) {
     let base = epoch + phase;
     let next = if after < base {
         base
@@ -263,13 +269,26 @@ async fn run_instance(
         let entry = record(&inst, &state, result, took);
         store.publish(entry);
 
-        let (next, skipped) = next_slot(epoch, phase(&inst.id, s.interval), s.interval, slot, Instant::now());
+        let (next, skipped) = next_slot(
+            epoch,
+            phase(&inst.id, s.interval),
+            s.interval,
+            slot,
+            Instant::now(),
+        );
         if skipped > 0 {
-            store.stats.skipped_polls.fetch_add(skipped, Ordering::Relaxed);
+            store
+                .stats
+                .skipped_polls
+                .fetch_add(skipped, Ordering::Relaxed);
             tracing::warn!(instance_id = %inst.id, skipped, took = ?took, "poll outlasted its interval; skipped rounds");
         }
         // Up to 1% of the interval (at most 1 s) of random jitter keeps replicas from aligning.
-        let jitter = s.interval.mul_f64(0.01).min(Duration::from_secs(1)).mul_f64(rand::random::<f64>());
+        let jitter = s
+            .interval
+            .mul_f64(0.01)
+            .min(Duration::from_secs(1))
+            .mul_f64(rand::random::<f64>());
         slot = next + jitter;
     }
 }
@@ -294,7 +313,9 @@ fn record(
             if let Some(code) = st.failing_with.take() {
                 tracing::info!(instance_id = %inst.id, previous_code = %code, "instance recovered");
             }
-            let status = Status::Up { sessions: snap.sessions };
+            let status = Status::Up {
+                sessions: snap.sessions,
+            };
             (Some(snap), status)
         }
         Err(e) => {
@@ -348,7 +369,10 @@ mod tests {
             buckets[(p.as_secs_f64() / 6.0) as usize] += 1;
         }
         // 1000 ids over 10 equal slices: each slice gets a fair share (expected 100).
-        assert!(buckets.iter().all(|&b| (50..=150).contains(&b)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|&b| (50..=150).contains(&b)),
+            "{buckets:?}"
+        );
     }
 
     #[test]

@@ -139,8 +139,10 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static(fmt.content_type()),
     );
-    resp.headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    resp.headers_mut().insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
     resp
 }
 
@@ -150,7 +152,11 @@ async fn reload(State(st): State<AppState>) -> (StatusCode, String) {
         return (StatusCode::NOT_FOUND, "reload is not available\n".into());
     };
     let (reply, rx) = tokio::sync::oneshot::channel();
-    if tx.send(Control::Reload { reply: Some(reply) }).await.is_err() {
+    if tx
+        .send(Control::Reload { reply: Some(reply) })
+        .await
+        .is_err()
+    {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
     }
     match rx.await {
@@ -164,7 +170,10 @@ async fn readyz(State(st): State<AppState>) -> (StatusCode, &'static str) {
     if st.store.all_polled() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the first poll of every instance\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first poll of every instance\n",
+        )
     }
 }
 
@@ -232,8 +241,14 @@ mod tests {
         assert_eq!(negotiate(Some("text/plain;version=0.0.4")), Format::Text);
         assert_eq!(negotiate(Some("*/*")), Format::Text);
         assert_eq!(negotiate(None), Format::Text);
-        assert_eq!(negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
-        assert_eq!(negotiate(Some("text/plain;q=0.9,application/openmetrics-text;q=0.5")), Format::Text);
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text;q=0")),
+            Format::Text
+        );
+        assert_eq!(
+            negotiate(Some("text/plain;q=0.9,application/openmetrics-text;q=0.5")),
+            Format::Text
+        );
     }
 
     #[test]
@@ -247,6 +262,9 @@ mod tests {
 
     #[test]
     fn landing_page_escapes() {
-        assert_eq!(html_escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

@@ -15,7 +15,8 @@ pub const BUFFER_BOUNDS: &[u64] = &[0, 1024, 16384, 65536, 1_048_576, 16_777_216
 
 /// Upper bounds of `redis_session_total_memory_bytes` (direct source only): a bare connection
 /// uses about 20 KiB, so the first bucket sits just above that.
-pub const TOTAL_MEMORY_BOUNDS: &[u64] = &[32_768, 65_536, 262_144, 1_048_576, 16_777_216, 268_435_456];
+pub const TOTAL_MEMORY_BOUNDS: &[u64] =
+    &[32_768, 65_536, 262_144, 1_048_576, 16_777_216, 268_435_456];
 
 /// The label value used for everything beyond a cap.
 pub const OTHER: &str = "other";
@@ -58,9 +59,7 @@ fn flag_slot(c: char) -> usize {
 
 /// Returns a bit set of the slots present in a `Flags` string (each flag counts once per session).
 pub fn parse_flags(flags: &str) -> u32 {
-    flags
-        .chars()
-        .fold(0u32, |acc, c| acc | (1 << flag_slot(c)))
+    flags.chars().fold(0u32, |acc, c| acc | (1 << flag_slot(c)))
 }
 
 /// Cardinality caps, from `[limits]`.
@@ -446,7 +445,11 @@ mod tests {
         let slot = |name: &str| (0..=FLAG_UNKNOWN).find(|&i| flag_name(i) == name).unwrap();
         assert_eq!(s.by_flag[slot("multi")], 1);
         assert_eq!(s.by_flag[slot("blocked")], 1);
-        assert_eq!(s.by_flag[slot("unknown")], 1, "Z and ? are one unknown session");
+        assert_eq!(
+            s.by_flag[slot("unknown")],
+            1,
+            "Z and ? are one unknown session"
+        );
         assert_eq!(s.by_flag.iter().sum::<u64>(), 3);
     }
 

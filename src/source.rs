@@ -253,15 +253,36 @@ mod tests {
             message: String::new(),
             retry_after: None,
         };
-        for c in ["Throttling", "Throttling.User", "Throttling.Api", "ServiceUnavailable", "InternalError"] {
+        for c in [
+            "Throttling",
+            "Throttling.User",
+            "Throttling.Api",
+            "ServiceUnavailable",
+            "InternalError",
+        ] {
             assert!(api(c).is_transient(), "{c}");
         }
-        for c in ["SignatureDoesNotMatch", "InvalidParams", "NoPermission", "Forbidden.RAM", "InvalidTimeStamp.Expired", "InvalidAccessKeyId.NotFound"] {
+        for c in [
+            "SignatureDoesNotMatch",
+            "InvalidParams",
+            "NoPermission",
+            "Forbidden.RAM",
+            "InvalidTimeStamp.Expired",
+            "InvalidAccessKeyId.NotFound",
+        ] {
             assert!(!api(c).is_transient(), "{c}");
         }
         assert!(PollError::Timeout(Duration::from_secs(1)).is_transient());
-        assert!(PollError::Http { status: 503, detail: String::new() }.is_transient());
-        assert!(!PollError::Http { status: 404, detail: String::new() }.is_transient());
+        assert!(PollError::Http {
+            status: 503,
+            detail: String::new()
+        }
+        .is_transient());
+        assert!(!PollError::Http {
+            status: 404,
+            detail: String::new()
+        }
+        .is_transient());
         assert!(!PollError::InvalidResponse(String::new()).is_transient());
     }
 
@@ -274,14 +295,20 @@ mod tests {
             drop(t.acquire(far).await.expect("permit"));
         }
         // A lower bound only (never an upper one): three starts at 5/s need two 200 ms periods.
-        assert!(start.elapsed() >= Duration::from_millis(390), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(390),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]
     fn backoff_grows_caps_and_honours_the_server() {
         for retry in 1..20 {
             let b = backoff(retry, None);
-            let exp = BACKOFF_BASE.saturating_mul(1 << (retry - 1).min(16)).min(BACKOFF_CAP);
+            let exp = BACKOFF_BASE
+                .saturating_mul(1 << (retry - 1).min(16))
+                .min(BACKOFF_CAP);
             assert!(b >= exp / 2 && b <= exp, "retry {retry}: {b:?}");
         }
         assert!(backoff(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
@@ -304,7 +331,11 @@ mod tests {
             let n = calls;
             async move {
                 if n < 3 {
-                    Err(PollError::Api { code: "Throttling.User".into(), message: String::new(), retry_after: None })
+                    Err(PollError::Api {
+                        code: "Throttling.User".into(),
+                        message: String::new(),
+                        retry_after: None,
+                    })
                 } else {
                     Ok(n)
                 }
@@ -319,7 +350,13 @@ mod tests {
         let mut calls = 0;
         let r: Result<(), _> = with_retries(&ctx(Duration::from_secs(30)), |_| {
             calls += 1;
-            async { Err(PollError::Api { code: "NoPermission".into(), message: String::new(), retry_after: None }) }
+            async {
+                Err(PollError::Api {
+                    code: "NoPermission".into(),
+                    message: String::new(),
+                    retry_after: None,
+                })
+            }
         })
         .await;
         assert_eq!(r.unwrap_err().code(), "NoPermission");
@@ -344,7 +381,10 @@ mod tests {
     #[tokio::test]
     async fn throttle_gives_up_at_the_deadline() {
         let t = Throttle::new(1, 1000.0);
-        let _held = t.acquire(Instant::now() + Duration::from_secs(1)).await.unwrap();
+        let _held = t
+            .acquire(Instant::now() + Duration::from_secs(1))
+            .await
+            .unwrap();
         let r = t.acquire(Instant::now() + Duration::from_millis(50)).await;
         assert!(r.is_none());
     }

@@ -18,8 +18,13 @@ use crate::exposition::{Block, Format};
 pub enum Status {
     /// Not polled yet.
     Pending,
-    Up { sessions: u64 },
-    Down { code: String, reason: String },
+    Up {
+        sessions: u64,
+    },
+    Down {
+        code: String,
+        reason: String,
+    },
 }
 
 /// One instance as published.
@@ -136,13 +141,23 @@ mod tests {
         s.publish(InstanceEntry::pending("b"));
         assert!(!s.all_polled());
         let before = s.snapshot();
-        s.publish(InstanceEntry { status: Status::Up { sessions: 1 }, ..InstanceEntry::pending("a") });
         s.publish(InstanceEntry {
-            status: Status::Down { code: "timeout".into(), reason: "x".into() },
+            status: Status::Up { sessions: 1 },
+            ..InstanceEntry::pending("a")
+        });
+        s.publish(InstanceEntry {
+            status: Status::Down {
+                code: "timeout".into(),
+                reason: "x".into(),
+            },
             ..InstanceEntry::pending("b")
         });
         assert!(s.all_polled());
-        assert_eq!(before["a"].status, Status::Pending, "old views are unaffected");
+        assert_eq!(
+            before["a"].status,
+            Status::Pending,
+            "old views are unaffected"
+        );
         s.remove("a");
         assert_eq!(s.snapshot().keys().collect::<Vec<_>>(), vec!["b"]);
     }

@@ -166,10 +166,11 @@ pub fn from_env_with(
         provider: "env",
         reason: format!("{ENV_ACCESS_KEY_ID} is not set"),
     })?;
-    let secret = non_empty(ENV_ACCESS_KEY_SECRET).ok_or_else(|| CredentialError::NotConfigured {
-        provider: "env",
-        reason: format!("{ENV_ACCESS_KEY_SECRET} is not set"),
-    })?;
+    let secret =
+        non_empty(ENV_ACCESS_KEY_SECRET).ok_or_else(|| CredentialError::NotConfigured {
+            provider: "env",
+            reason: format!("{ENV_ACCESS_KEY_SECRET} is not set"),
+        })?;
     let token = non_empty(ENV_SECURITY_TOKEN);
     Ok(StaticProvider::named(
         Credentials::new(id, secret, token),
@@ -198,11 +199,20 @@ mod tests {
     #[test]
     fn env_provider_requires_both_halves() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         let err = from_env_with(env(&[(ENV_ACCESS_KEY_ID, "id")])).unwrap_err();
         assert!(err.to_string().contains(ENV_ACCESS_KEY_SECRET), "{err}");
-        assert!(from_env_with(env(&[(ENV_ACCESS_KEY_ID, "id"), (ENV_ACCESS_KEY_SECRET, " ")])).is_err());
+        assert!(from_env_with(env(&[
+            (ENV_ACCESS_KEY_ID, "id"),
+            (ENV_ACCESS_KEY_SECRET, " ")
+        ]))
+        .is_err());
         let p = from_env_with(env(&[
             (ENV_ACCESS_KEY_ID, "id"),
             (ENV_ACCESS_KEY_SECRET, "s3cret"),
@@ -211,7 +221,10 @@ mod tests {
         .unwrap();
         assert_eq!(p.name(), "env");
         assert_eq!(
-            p.creds.security_token.as_ref().map(|t| t.expose_secret().to_owned()),
+            p.creds
+                .security_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned()),
             Some("tok".to_owned())
         );
     }
@@ -221,7 +234,9 @@ mod tests {
         let mut c = Credentials::new("id", "secret", None);
         c.expiration = Some(SystemTime::UNIX_EPOCH);
         let p = StaticProvider::new(c);
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         assert!(matches!(
             rt.block_on(p.credentials()),
             Err(CredentialError::Expired { .. })
@@ -286,7 +301,9 @@ pub fn from_config(
                     path.display()
                 )));
             }
-            Ok(Arc::new(StaticProvider::new(Credentials::new(id, secret, None))))
+            Ok(Arc::new(StaticProvider::new(Credentials::new(
+                id, secret, None,
+            ))))
         }
         other => Err(CredentialError::NotConfigured {
             provider: "default",

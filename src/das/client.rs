@@ -29,7 +29,10 @@ impl DasClient {
         credentials: Arc<dyn CredentialProvider>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .user_agent(concat!("redis-session-exporter/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "redis-session-exporter/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .connect_timeout(cfg.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
@@ -79,13 +82,20 @@ impl Source for DasClient {
         instance: &'a InstanceConfig,
         ctx: &'a PollContext,
     ) -> BoxFuture<'a, Result<Snapshot, PollError>> {
-        Box::pin(with_retries(ctx, move |_| self.attempt(&instance.id, &ctx.limits)))
+        Box::pin(with_retries(ctx, move |_| {
+            self.attempt(&instance.id, &ctx.limits)
+        }))
     }
 }
 
 /// The signed query string of one GetRedisAllSession call (POST, parameters in the query, as the
 /// official SDKs send it).
-pub fn signed_query(creds: &Credentials, instance_id: &str, now: SystemTime, nonce: &str) -> String {
+pub fn signed_query(
+    creds: &Credentials,
+    instance_id: &str,
+    now: SystemTime,
+    nonce: &str,
+) -> String {
     let timestamp = sign::format_timestamp(now);
     let mut params: Vec<(&str, &str)> = vec![
         ("AccessKeyId", &creds.access_key_id),
@@ -237,18 +247,42 @@ mod tests {
         assert!(classify(StatusCode::OK, None, ok, &limits()).is_ok());
 
         let throttled = br#"{"Code":"Throttling.User","Message":"flow control"}"#;
-        let e = classify(StatusCode::BAD_REQUEST, Some(Duration::from_millis(1500)), throttled, &limits()).unwrap_err();
+        let e = classify(
+            StatusCode::BAD_REQUEST,
+            Some(Duration::from_millis(1500)),
+            throttled,
+            &limits(),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), "Throttling.User");
         assert!(e.is_transient());
         assert_eq!(e.retry_after(), Some(Duration::from_millis(1500)));
 
-        let e = classify(StatusCode::SERVICE_UNAVAILABLE, None, b"<html>oops</html>", &limits()).unwrap_err();
+        let e = classify(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            b"<html>oops</html>",
+            &limits(),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), "http_503");
         assert!(e.is_transient());
 
-        let e = classify(StatusCode::OK, None, br#"{"Success":false,"Code":200}"#, &limits()).unwrap_err();
+        let e = classify(
+            StatusCode::OK,
+            None,
+            br#"{"Success":false,"Code":200}"#,
+            &limits(),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), "invalid_response");
-        let e = classify(StatusCode::OK, None, br#"{"Code":"InvalidParams","Success":false}"#, &limits()).unwrap_err();
+        let e = classify(
+            StatusCode::OK,
+            None,
+            br#"{"Code":"InvalidParams","Success":false}"#,
+            &limits(),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), "InvalidParams");
         assert!(!e.is_transient());
         let e = classify(StatusCode::OK, None, b"{\"Data\":{\"Sess", &limits()).unwrap_err();
@@ -259,7 +293,10 @@ mod tests {
     fn signature_mismatch_message_is_scrubbed() {
         let creds = Credentials::new("LTAIfakeid", "fake-secret", Some("tok+en/=".into()));
         let body = br#"{"Code":"SignatureDoesNotMatch","Message":"Specified signature is not matched with our calculation. server string to sign is:POST&%2F&AccessKeyId%3DLTAIfakeid%26SecurityToken%3Dtok%252Ben%252F%253D"}"#;
-        let e = scrub(classify(StatusCode::BAD_REQUEST, None, body, &limits()).unwrap_err(), &creds);
+        let e = scrub(
+            classify(StatusCode::BAD_REQUEST, None, body, &limits()).unwrap_err(),
+            &creds,
+        );
         let text = format!("{e} {e:?}");
         assert!(!text.contains("LTAIfakeid"), "{text}");
         assert!(!text.contains("tok%252Ben"), "{text}");
@@ -270,9 +307,17 @@ mod tests {
     fn query_is_signed_over_every_parameter() {
         let creds = Credentials::new("STS.testid", "testsecret", Some("test+token/=".into()));
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200);
-        let q = signed_query(&creds, "r-bp1abcdefg", t, "00000000-0000-0000-0000-000000000001");
+        let q = signed_query(
+            &creds,
+            "r-bp1abcdefg",
+            t,
+            "00000000-0000-0000-0000-000000000001",
+        );
         // The DAS-shaped vendor vector, POST.
-        assert!(q.ends_with("&Signature=XsoyX8LlsfPQnKyybAJ0CninYnk%3D"), "{q}");
+        assert!(
+            q.ends_with("&Signature=XsoyX8LlsfPQnKyybAJ0CninYnk%3D"),
+            "{q}"
+        );
         assert!(q.contains("SecurityToken=test%2Btoken%2F%3D"));
     }
 }

@@ -97,7 +97,10 @@ mod tests {
     }
 
     fn sign_with(method: &str, params: &[(&str, &str)]) -> String {
-        signature("testsecret", &string_to_sign(method, &canonical_query(params)))
+        signature(
+            "testsecret",
+            &string_to_sign(method, &canonical_query(params)),
+        )
     }
 
     #[test]
@@ -110,8 +113,14 @@ mod tests {
 
     #[test]
     fn vendor_get_and_post() {
-        assert_eq!(sign_with("GET", &vendor_params()), "OLeaidS1JvxuMvnyHOwuJ+uX5qY=");
-        assert_eq!(sign_with("POST", &vendor_params()), "MxbnVAM4w6sft9xjVpe/GCKueuk=");
+        assert_eq!(
+            sign_with("GET", &vendor_params()),
+            "OLeaidS1JvxuMvnyHOwuJ+uX5qY="
+        );
+        assert_eq!(
+            sign_with("POST", &vendor_params()),
+            "MxbnVAM4w6sft9xjVpe/GCKueuk="
+        );
     }
 
     #[test]
@@ -149,7 +158,10 @@ mod tests {
     #[test]
     fn signed_query_ends_with_encoded_signature() {
         let q = signed_query("GET", &vendor_params(), "testsecret");
-        assert!(q.ends_with("&Signature=OLeaidS1JvxuMvnyHOwuJ%2BuX5qY%3D"), "{q}");
+        assert!(
+            q.ends_with("&Signature=OLeaidS1JvxuMvnyHOwuJ%2BuX5qY%3D"),
+            "{q}"
+        );
     }
 
     #[test]

@@ -49,11 +49,12 @@ impl<'de> serde::Deserialize<'de> for LenientInt {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<LenientInt, E> {
                 let t = v.trim();
                 // A non-numeric string is treated as absent rather than failing the whole answer.
-                Ok(LenientInt(
-                    t.parse::<i64>()
+                Ok(LenientInt(t.parse::<i64>().ok().or_else(|| {
+                    t.parse::<f64>()
                         .ok()
-                        .or_else(|| t.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64)),
-                ))
+                        .filter(|f| f.is_finite())
+                        .map(|f| f as i64)
+                })))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<LenientInt, E> {
                 Ok(LenientInt(None))
@@ -402,7 +403,10 @@ mod tests {
         assert_eq!(s.sessions, 1);
         assert_eq!(s.reported_total, 2);
         assert_eq!(s.timestamp_ms, Some(1_660_100_753_556));
-        assert_eq!(s.by_node, vec![("r-2zemyfd1sh1u2i****-proxy-14#1679****".into(), 1)]);
+        assert_eq!(
+            s.by_node,
+            vec![("r-2zemyfd1sh1u2i****-proxy-14#1679****".into(), 1)]
+        );
         assert_eq!(s.by_command, vec![("ping".into(), 1)]);
         assert_eq!(s.by_client_name, vec![("test".into(), 1)]);
         assert_eq!(s.by_source, vec![("172.16.XX.XX".into(), 1)]);
@@ -410,16 +414,20 @@ mod tests {
         assert_eq!(s.in_transaction, 0);
         assert_eq!(s.age.sum, 12);
         assert_eq!(s.idle.sum, 8);
-        let none = (0..=FLAG_UNKNOWN).find(|&i| flag_name(i) == "none").unwrap();
+        let none = (0..=FLAG_UNKNOWN)
+            .find(|&i| flag_name(i) == "none")
+            .unwrap();
         assert_eq!(s.by_flag[none], 1);
     }
 
     #[test]
     fn numbers_as_strings_and_strings_as_numbers() {
-        let s = ok(r#"{"Code":"200","Success":"true","Data":{"Total":"3","Timestamp":"1000",
+        let s = ok(
+            r#"{"Code":"200","Success":"true","Data":{"Total":"3","Timestamp":"1000",
             "Sessions":[{"Idle":"30","Age":45,"Db":"2","Multi":"1","Qbuf":"2048","Name":12345,
                          "Cmd":null,"NodeId":null,"Omem":1.5e3}],
-            "SourceStats":[{"Key":"10.0.0.1","Count":7},{"Key":"10.0.0.2","Count":"x"}]}}"#);
+            "SourceStats":[{"Key":"10.0.0.1","Count":7},{"Key":"10.0.0.2","Count":"x"}]}}"#,
+        );
         assert_eq!(s.reported_total, 3);
         assert_eq!(s.timestamp_ms, Some(1000));
         assert_eq!(s.idle.sum, 30);
@@ -431,12 +439,17 @@ mod tests {
         assert_eq!(s.by_client_name, vec![("12345".into(), 1)]);
         assert_eq!(s.by_command, vec![("".into(), 1)]);
         assert_eq!(s.by_node, vec![("".into(), 1)]);
-        assert_eq!(s.by_source, vec![("10.0.0.1".into(), 7), ("10.0.0.2".into(), 0)]);
+        assert_eq!(
+            s.by_source,
+            vec![("10.0.0.1".into(), 7), ("10.0.0.2".into(), 0)]
+        );
     }
 
     #[test]
     fn missing_fields_and_escapes() {
-        let s = ok(r#"{"Data":{"Sessions":[{}, {"Name":"a\"b\\c\n"}],"Unknown":{"x":[1,2]}},"Extra":1}"#);
+        let s = ok(
+            r#"{"Data":{"Sessions":[{}, {"Name":"a\"b\\c\n"}],"Unknown":{"x":[1,2]}},"Extra":1}"#,
+        );
         assert_eq!(s.sessions, 2);
         assert_eq!(s.reported_total, 2, "no Total: the listed count");
         assert_eq!(s.in_transaction, 0, "absent Multi is outside a transaction");
@@ -446,7 +459,8 @@ mod tests {
 
     #[test]
     fn empty_instance() {
-        let s = ok(r#"{"Code":200,"Success":true,"Data":{"Total":0,"Sessions":[],"SourceStats":[]}}"#);
+        let s =
+            ok(r#"{"Code":200,"Success":true,"Data":{"Total":0,"Sessions":[],"SourceStats":[]}}"#);
         assert_eq!(s.sessions, 0);
         assert!(s.by_node.is_empty());
         let s = ok(r#"{"Data":{"Total":0,"Sessions":null,"SourceStats":null}}"#);
@@ -494,7 +508,10 @@ mod tests {
             "<html><body>502 Bad Gateway</body></html>",
         ] {
             assert!(
-                matches!(decode(body.as_bytes(), &Limits::default()), Err(DecodeError::Invalid(_))),
+                matches!(
+                    decode(body.as_bytes(), &Limits::default()),
+                    Err(DecodeError::Invalid(_))
+                ),
                 "{body:?} must be invalid"
             );
         }

@@ -67,15 +67,24 @@ fn build_layout(fmt: Format) -> Layout {
                 headers.push(format!("# TYPE {0} {t}\n# HELP {0} {1}\n", f.name, f.help));
             }
             (Format::Text, Kind::Gauge) => {
-                headers.push(format!("# HELP {0} {1}\n# TYPE {0} gauge\n", f.name, f.help));
+                headers.push(format!(
+                    "# HELP {0} {1}\n# TYPE {0} gauge\n",
+                    f.name, f.help
+                ));
             }
             (Format::Text, Kind::Counter) => {
-                headers.push(format!("# HELP {0}_total {1}\n# TYPE {0}_total counter\n", f.name, f.help));
+                headers.push(format!(
+                    "# HELP {0}_total {1}\n# TYPE {0}_total counter\n",
+                    f.name, f.help
+                ));
             }
             (Format::Text, Kind::GaugeHistogram) => {
                 // The classic format has no gauge histogram: buckets as a histogram family with only
                 // `_bucket` samples, count and sum as gauges of their own (promtool accepts this).
-                headers.push(format!("# HELP {0} {1}\n# TYPE {0} histogram\n", f.name, f.help));
+                headers.push(format!(
+                    "# HELP {0} {1}\n# TYPE {0} histogram\n",
+                    f.name, f.help
+                ));
                 headers.push(format!(
                     "# HELP {0}_gcount Number of sessions in {0}.\n# TYPE {0}_gcount gauge\n",
                     f.name
@@ -107,7 +116,11 @@ impl Block {
     /// The bytes of section `s` (empty when the owner has no samples there).
     pub fn section(&self, s: usize) -> &[u8] {
         let end = self.ends.get(s).copied().unwrap_or(self.buf.len() as u32) as usize;
-        let start = if s == 0 { 0 } else { self.ends.get(s - 1).copied().unwrap_or(end as u32) as usize };
+        let start = if s == 0 {
+            0
+        } else {
+            self.ends.get(s - 1).copied().unwrap_or(end as u32) as usize
+        };
         &self.buf[start.min(end)..end]
     }
 
@@ -169,7 +182,10 @@ impl BlockWriter {
 
     /// Closes every section before `s`; writing must move forward only.
     fn seek(&mut self, s: usize) {
-        debug_assert!(self.ends.len() <= s, "families must be written in FAMILIES order");
+        debug_assert!(
+            self.ends.len() <= s,
+            "families must be written in FAMILIES order"
+        );
         while self.ends.len() < s {
             self.ends.push(self.buf.len() as u32);
         }
@@ -215,7 +231,8 @@ impl BlockWriter {
             }
             Value::Float(f) if f.is_nan() => self.buf.extend_from_slice(b"NaN"),
             Value::Float(f) if f.is_infinite() => {
-                self.buf.extend_from_slice(if f > 0.0 { b"+Inf" } else { b"-Inf" })
+                self.buf
+                    .extend_from_slice(if f > 0.0 { b"+Inf" } else { b"-Inf" })
             }
             Value::Float(f) => {
                 let _ = write!(self.buf, "{f}");
@@ -224,7 +241,14 @@ impl BlockWriter {
         self.buf.push(b'\n');
     }
 
-    fn sample(&mut self, name: &str, suffix: &str, extra: &[(&str, &str)], le: Option<&str>, v: Value) {
+    fn sample(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        extra: &[(&str, &str)],
+        le: Option<&str>,
+        v: Value,
+    ) {
         self.buf.extend_from_slice(name.as_bytes());
         self.buf.extend_from_slice(suffix.as_bytes());
         self.labels(extra, le);
@@ -374,8 +398,16 @@ fn write_snapshot(w: &mut BlockWriter, s: &Snapshot) {
     for (name, n) in &s.by_client_name {
         w.gauge(Fam::ByClientName, &[("client_name", name)], *n);
     }
-    w.gauge(Fam::Subscriptions, &[("kind", "channel")], s.subscriptions_channel);
-    w.gauge(Fam::Subscriptions, &[("kind", "pattern")], s.subscriptions_pattern);
+    w.gauge(
+        Fam::Subscriptions,
+        &[("kind", "channel")],
+        s.subscriptions_channel,
+    );
+    w.gauge(
+        Fam::Subscriptions,
+        &[("kind", "pattern")],
+        s.subscriptions_pattern,
+    );
     w.gauge(Fam::InTransaction, &[], s.in_transaction);
     w.gauge(Fam::QueryBufferFree, &[], s.query_buffer_free_bytes);
     w.gauge(Fam::OutputListObjects, &[], s.output_list_objects);

@@ -42,7 +42,14 @@ fn blocks(fmt: Format, snap: &Snapshot) -> Vec<Block> {
     vec![
         encode_instance(fmt, &up),
         encode_instance(fmt, &down),
-        encode_global(fmt, &GlobalReport { version: "1.2.3", skipped_polls: 0, instances: 2 }),
+        encode_global(
+            fmt,
+            &GlobalReport {
+                version: "1.2.3",
+                skipped_polls: 0,
+                instances: 2,
+            },
+        ),
     ]
 }
 
@@ -79,12 +86,21 @@ fn every_family_is_contiguous_and_declared_once() {
         for line in out.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let name = rest.split(' ').next().unwrap().to_owned();
-                assert!(seen_types.insert(name.clone()), "{fmt:?}: TYPE twice for {name}");
+                assert!(
+                    seen_types.insert(name.clone()),
+                    "{fmt:?}: TYPE twice for {name}"
+                );
                 finished.insert(std::mem::replace(&mut current, name));
             } else if !line.starts_with('#') {
                 let metric = line.split(['{', ' ']).next().unwrap();
-                assert!(metric.starts_with(&current), "{fmt:?}: {line} outside family {current}");
-                assert!(!finished.contains(metric), "{fmt:?}: {metric} after its family ended");
+                assert!(
+                    metric.starts_with(&current),
+                    "{fmt:?}: {line} outside family {current}"
+                );
+                assert!(
+                    !finished.contains(metric),
+                    "{fmt:?}: {metric} after its family ended"
+                );
             }
         }
     }
@@ -93,9 +109,14 @@ fn every_family_is_contiguous_and_declared_once() {
 #[test]
 fn failed_instance_exports_health_only() {
     let out = scrape(Format::Text);
-    let down: Vec<&str> = out.lines().filter(|l| l.contains("instance_id=\"r-down\"")).collect();
-    let names: std::collections::BTreeSet<&str> =
-        down.iter().map(|l| l.split(['{', ' ']).next().unwrap()).collect();
+    let down: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("instance_id=\"r-down\""))
+        .collect();
+    let names: std::collections::BTreeSet<&str> = down
+        .iter()
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
         vec![
@@ -114,18 +135,28 @@ fn failed_instance_exports_health_only() {
 #[test]
 fn values_labels_and_buckets() {
     let out = scrape(Format::OpenMetrics);
-    assert!(out.contains("redis_sessions_by_client_name{instance_id=\"r-up\",client_name=\"app\\\"x\\\"\"} 1\n"), "{out}");
+    assert!(
+        out.contains(
+            "redis_sessions_by_client_name{instance_id=\"r-up\",client_name=\"app\\\"x\\\"\"} 1\n"
+        ),
+        "{out}"
+    );
     assert!(out.contains("redis_session_idle_seconds_bucket{instance_id=\"r-up\",le=\"5\"} 1\n"));
-    assert!(out.contains("redis_session_idle_seconds_bucket{instance_id=\"r-up\",le=\"86400\"} 1\n"));
+    assert!(
+        out.contains("redis_session_idle_seconds_bucket{instance_id=\"r-up\",le=\"86400\"} 1\n")
+    );
     assert!(out.contains("redis_session_idle_seconds_bucket{instance_id=\"r-up\",le=\"+Inf\"} 2\n"));
     assert!(out.contains("redis_session_idle_seconds_gcount{instance_id=\"r-up\"} 2\n"));
     assert!(out.contains("redis_session_idle_seconds_gsum{instance_id=\"r-up\"} 90003\n"));
     assert!(out.contains("# TYPE redis_session_exporter_polls counter\n"));
     assert!(out.contains("redis_session_exporter_poll_errors_total{instance_id=\"r-up\",code=\"Throttling.User\"} 2\n"));
-    assert!(out.contains("redis_session_snapshot_timestamp_seconds{instance_id=\"r-up\"} 1700000000.123\n"));
+    assert!(out.contains(
+        "redis_session_snapshot_timestamp_seconds{instance_id=\"r-up\"} 1700000000.123\n"
+    ));
     assert!(out.contains("redis_session_instance_info{instance_id=\"r-up\",env=\"prod\"} 1\n"));
     assert!(out.contains("redis_session_exporter_build_info{version=\"1.2.3\"} 1\n"));
-    assert!(out.contains("redis_sessions_by_flag{instance_id=\"r-up\",flag=\"tracking_broadcast\"} 0\n"));
+    assert!(out
+        .contains("redis_sessions_by_flag{instance_id=\"r-up\",flag=\"tracking_broadcast\"} 0\n"));
     let text = scrape(Format::Text);
     assert!(text.contains("# TYPE redis_session_exporter_polls_total counter\n"));
     assert!(text.contains("# TYPE redis_session_idle_seconds histogram\n"));
@@ -135,7 +166,14 @@ fn values_labels_and_buckets() {
 #[test]
 fn no_header_for_families_without_samples() {
     let mut out = Vec::new();
-    let g = encode_global(Format::Text, &GlobalReport { version: "x", skipped_polls: 0, instances: 0 });
+    let g = encode_global(
+        Format::Text,
+        &GlobalReport {
+            version: "x",
+            skipped_polls: 0,
+            instances: 0,
+        },
+    );
     render(Format::Text, std::iter::once(&g), &mut out);
     let out = String::from_utf8(out).unwrap();
     assert!(!out.contains("redis_sessions"), "{out}");

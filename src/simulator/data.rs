@@ -66,17 +66,51 @@ pub fn default_count(seed: u64, instance: &str) -> usize {
 }
 
 const NAMES: &[&str] = &[
-    "", "", "", "order-service", "cart-api", "session-store", "celery-worker", "sidekiq",
-    "feed-ranker", "billing", "search-indexer", "jedis-pool", "lettuce", "go-redis",
+    "",
+    "",
+    "",
+    "order-service",
+    "cart-api",
+    "session-store",
+    "celery-worker",
+    "sidekiq",
+    "feed-ranker",
+    "billing",
+    "search-indexer",
+    "jedis-pool",
+    "lettuce",
+    "go-redis",
 ];
 
 /// (command, weight, flags, blocked/pubsub/multi behaviour)
 const COMMANDS: &[(&str, u32)] = &[
-    ("get", 220), ("set", 110), ("hget", 70), ("hgetall", 35), ("mget", 35), ("ping", 90),
-    ("expire", 25), ("incr", 35), ("zadd", 25), ("zrange", 25), ("lpush", 20), ("rpop", 15),
-    ("blpop", 30), ("brpop", 10), ("subscribe", 18), ("psubscribe", 8), ("exec", 15),
-    ("info", 15), ("del", 20), ("exists", 20), ("eval", 10), ("scan", 8), ("client|list", 3),
-    ("monitor", 1), ("NULL", 12), ("PING", 5), ("GET", 5),
+    ("get", 220),
+    ("set", 110),
+    ("hget", 70),
+    ("hgetall", 35),
+    ("mget", 35),
+    ("ping", 90),
+    ("expire", 25),
+    ("incr", 35),
+    ("zadd", 25),
+    ("zrange", 25),
+    ("lpush", 20),
+    ("rpop", 15),
+    ("blpop", 30),
+    ("brpop", 10),
+    ("subscribe", 18),
+    ("psubscribe", 8),
+    ("exec", 15),
+    ("info", 15),
+    ("del", 20),
+    ("exists", 20),
+    ("eval", 10),
+    ("scan", 8),
+    ("client|list", 3),
+    ("monitor", 1),
+    ("NULL", 12),
+    ("PING", 5),
+    ("GET", 5),
 ];
 
 fn pick_command(rng: &mut SmallRng) -> &'static str {
@@ -103,7 +137,13 @@ pub fn sessions(seed: u64, instance: &str, generation: u64, count: usize) -> Vec
     // Structure (nodes, source pool) depends on the instance only; the sessions on the generation.
     let mut shape = SmallRng::seed_from_u64(base);
     let nodes: Vec<String> = (0..shape.random_range(2..=6))
-        .map(|i| format!("{instance}-proxy-{}#{}", i + 1, shape.random_range(1000..9999)))
+        .map(|i| {
+            format!(
+                "{instance}-proxy-{}#{}",
+                i + 1,
+                shape.random_range(1000..9999)
+            )
+        })
         .collect();
     let pool = shape.random_range(8..=120usize);
     let subnet = shape.random_range(0..=255u8);
@@ -152,20 +192,36 @@ pub fn sessions(seed: u64, instance: &str, generation: u64, count: usize) -> Vec
             };
             let age = idle + log_uniform(&mut rng, 3_000_000);
             let slow = rng.random_bool(0.03);
-            let omem = if slow { rng.random_range(16_384..25_000_000) } else { 0 };
-            let qbuf = if rng.random_bool(0.1) { rng.random_range(26..200_000) } else { 0 };
+            let omem = if slow {
+                rng.random_range(16_384..25_000_000)
+            } else {
+                0
+            };
+            let qbuf = if rng.random_bool(0.1) {
+                rng.random_range(26..200_000)
+            } else {
+                0
+            };
             SimSession {
                 sub,
                 psub,
                 idle,
                 flags,
                 oll: if slow { rng.random_range(1..500) } else { 0 },
-                qbuf_free: if qbuf > 0 { rng.random_range(0..32_768) } else { 0 },
+                qbuf_free: if qbuf > 0 {
+                    rng.random_range(0..32_768)
+                } else {
+                    0
+                },
                 multi,
                 omem,
                 qbuf,
                 name: NAMES[rng.random_range(0..NAMES.len())].to_owned(),
-                obl: if rng.random_bool(0.05) { rng.random_range(1..16_384) } else { 0 },
+                obl: if rng.random_bool(0.05) {
+                    rng.random_range(1..16_384)
+                } else {
+                    0
+                },
                 client: ip.clone(),
                 cmd: cmd.to_owned(),
                 id,
@@ -224,8 +280,14 @@ mod tests {
         let a = serde_json::to_string(&sessions(1, "r-x", 0, 300)).unwrap();
         let b = serde_json::to_string(&sessions(1, "r-x", 0, 300)).unwrap();
         assert_eq!(a, b);
-        assert_ne!(a, serde_json::to_string(&sessions(1, "r-x", 1, 300)).unwrap());
-        assert_ne!(a, serde_json::to_string(&sessions(2, "r-x", 0, 300)).unwrap());
+        assert_ne!(
+            a,
+            serde_json::to_string(&sessions(1, "r-x", 1, 300)).unwrap()
+        );
+        assert_ne!(
+            a,
+            serde_json::to_string(&sessions(2, "r-x", 0, 300)).unwrap()
+        );
         let s = sessions(7, "r-y", 0, 2000);
         let nodes: std::collections::HashSet<_> = s.iter().map(|s| &s.node_id).collect();
         assert!(nodes.len() >= 2);

@@ -60,7 +60,9 @@ impl Fault {
     /// The fault to apply to request number `n` (0-based) of its instance, if any.
     pub fn resolve(self, n: u64) -> Option<Fault> {
         match self {
-            Fault::Every { every, fault } => (every > 0 && n % every == every - 1).then_some(*fault),
+            Fault::Every { every, fault } => {
+                (every > 0 && n % every == every - 1).then_some(*fault)
+            }
             f => Some(f),
         }
     }
@@ -77,7 +79,12 @@ impl Fault {
     pub async fn respond(self, sessions: &[SimSession], request_id: &str) -> Response {
         let normal = || data::answer(sessions, sessions.len() as u64, super::now_ms(), request_id);
         let json = |status: StatusCode, body: Vec<u8>| {
-            (status, [("content-type", "application/json;charset=utf-8")], Body::from(body)).into_response()
+            (
+                status,
+                [("content-type", "application/json;charset=utf-8")],
+                Body::from(body),
+            )
+                .into_response()
         };
         match self {
             Fault::ThrottlingUser { retry_after_ms } | Fault::ThrottlingApi { retry_after_ms } => {

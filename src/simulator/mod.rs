@@ -133,21 +133,32 @@ pub fn app(cfg: SimConfig) -> Router {
     Router::new()
         .route("/", any(api))
         .route("/_sim/stats", get(stats).delete(reset_stats))
-        .route("/_sim/faults/{instance}", put(set_fault).delete(clear_fault))
+        .route(
+            "/_sim/faults/{instance}",
+            put(set_fault).delete(clear_fault),
+        )
         .route("/_sim/answer/{instance}", get(current_answer))
         .route("/_sim/keys", put(add_key))
         .with_state(state)
 }
 
 /// Serves the simulator on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, cfg: SimConfig, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    cfg: SimConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, app(cfg))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
 
 /// Binds `addr` and serves in the background; returns the bound address.
-pub async fn spawn(addr: SocketAddr, cfg: SimConfig, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn spawn(
+    addr: SocketAddr,
+    cfg: SimConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -167,11 +178,21 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         "Message": message,
         "Recommend": "https://api.aliyun.com/troubleshoot",
     });
-    (status, [("content-type", "application/json;charset=utf-8")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/json;charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Checks a request like the gateway does; on success returns the instance id.
-fn authenticate(st: &SimState, method: &Method, params: &[(String, String)]) -> Result<String, Response> {
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per request
+fn authenticate(
+    st: &SimState,
+    method: &Method,
+    params: &[(String, String)],
+) -> Result<String, Response> {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let reject = |status, code: &str, msg: &str| {
         *lock(&st.stats).rejected.entry(code.to_owned()).or_insert(0) += 1;
@@ -179,24 +200,53 @@ fn authenticate(st: &SimState, method: &Method, params: &[(String, String)]) -> 
     };
     let cfg = lock(&st.cfg).clone();
     if get("SignatureMethod") != Some("HMAC-SHA1") || get("SignatureVersion") != Some("1.0") {
-        return Err(reject(StatusCode::BAD_REQUEST, "InvalidSignatureMethod", "Specified signature method is not valid."));
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "InvalidSignatureMethod",
+            "Specified signature method is not valid.",
+        ));
     }
     let Some(ts) = get("Timestamp") else {
-        return Err(reject(StatusCode::BAD_REQUEST, "MissingTimestamp", "Timestamp is mandatory for this action."));
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "MissingTimestamp",
+            "Timestamp is mandatory for this action.",
+        ));
     };
     let Some(t) = sign::parse_timestamp(ts) else {
-        return Err(reject(StatusCode::BAD_REQUEST, "InvalidTimeStamp.Format", "Specified time stamp is not in the ISO8601 format."));
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "InvalidTimeStamp.Format",
+            "Specified time stamp is not in the ISO8601 format.",
+        ));
     };
     let now = SystemTime::now();
-    let skew = now.duration_since(t).or_else(|e| Ok::<_, ()>(e.duration())).unwrap_or_default();
+    let skew = now
+        .duration_since(t)
+        .or_else(|e| Ok::<_, ()>(e.duration()))
+        .unwrap_or_default();
     if skew > cfg.timestamp_window {
-        return Err(reject(StatusCode::BAD_REQUEST, "InvalidTimeStamp.Expired", "Specified time stamp or date value is expired."));
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "InvalidTimeStamp.Expired",
+            "Specified time stamp or date value is expired.",
+        ));
     }
-    let Some(key) = get("AccessKeyId").and_then(|id| cfg.keys.iter().find(|k| k.access_key_id == id)) else {
-        return Err(reject(StatusCode::NOT_FOUND, "InvalidAccessKeyId.NotFound", "Specified access key is not found."));
+    let Some(key) =
+        get("AccessKeyId").and_then(|id| cfg.keys.iter().find(|k| k.access_key_id == id))
+    else {
+        return Err(reject(
+            StatusCode::NOT_FOUND,
+            "InvalidAccessKeyId.NotFound",
+            "Specified access key is not found.",
+        ));
     };
     let Some(given) = get("Signature") else {
-        return Err(reject(StatusCode::BAD_REQUEST, "MissingSignature", "Signature is mandatory for this action."));
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "MissingSignature",
+            "Signature is mandatory for this action.",
+        ));
     };
     let unsigned: Vec<(&str, &str)> = params
         .iter()
@@ -213,11 +263,23 @@ fn authenticate(st: &SimState, method: &Method, params: &[(String, String)]) -> 
             &format!("Specified signature is not matched with our calculation. server string to sign is:{to_sign}"),
         ));
     }
-    if key.security_token.as_deref().is_some_and(|t| get("SecurityToken") != Some(t)) {
-        return Err(reject(StatusCode::BAD_REQUEST, "InvalidSecurityToken.Mismatch", "Specified SecurityToken is not valid."));
+    if key
+        .security_token
+        .as_deref()
+        .is_some_and(|t| get("SecurityToken") != Some(t))
+    {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "InvalidSecurityToken.Mismatch",
+            "Specified SecurityToken is not valid.",
+        ));
     }
     let Some(nonce) = get("SignatureNonce").filter(|n| !n.is_empty()) else {
-        return Err(reject(StatusCode::BAD_REQUEST, "MissingSignatureNonce", "SignatureNonce is mandatory for this action."));
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "MissingSignatureNonce",
+            "SignatureNonce is mandatory for this action.",
+        ));
     };
     {
         let mut nonces = lock(&st.nonces);
@@ -227,21 +289,41 @@ fn authenticate(st: &SimState, method: &Method, params: &[(String, String)]) -> 
         }
         if nonces.insert(nonce.to_owned(), Instant::now()).is_some() {
             drop(nonces);
-            return Err(reject(StatusCode::BAD_REQUEST, "SignatureNonceUsed", "Specified signature nonce was used already."));
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "SignatureNonceUsed",
+                "Specified signature nonce was used already.",
+            ));
         }
     }
     if get("Version") != Some(API_VERSION) {
-        return Err(reject(StatusCode::BAD_REQUEST, "InvalidVersion", "Specified parameter Version is not valid."));
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "InvalidVersion",
+            "Specified parameter Version is not valid.",
+        ));
     }
     if get("Action") != Some(ACTION) {
-        return Err(reject(StatusCode::NOT_FOUND, "InvalidAction.NotFound", "Specified api is not found, please check your url and method."));
+        return Err(reject(
+            StatusCode::NOT_FOUND,
+            "InvalidAction.NotFound",
+            "Specified api is not found, please check your url and method.",
+        ));
     }
     if get("Format").is_some_and(|f| !f.eq_ignore_ascii_case("JSON")) {
-        return Err(reject(StatusCode::BAD_REQUEST, "InvalidParams", "This simulator answers JSON only."));
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "InvalidParams",
+            "This simulator answers JSON only.",
+        ));
     }
     match get("InstanceId").filter(|i| !i.is_empty()) {
         Some(id) => Ok(id.to_owned()),
-        None => Err(reject(StatusCode::BAD_REQUEST, "InvalidParams", "The request parameters are invalid. InstanceId is mandatory.")),
+        None => Err(reject(
+            StatusCode::BAD_REQUEST,
+            "InvalidParams",
+            "The request parameters are invalid. InstanceId is mandatory.",
+        )),
     }
 }
 
@@ -250,7 +332,11 @@ fn parse_params(query: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
     for src in [query.unwrap_or("").as_bytes(), body] {
         for pair in src.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
             let mut kv = pair.splitn(2, |b| *b == b'=');
-            let dec = |b: &[u8]| percent_encoding::percent_decode(b).decode_utf8_lossy().into_owned();
+            let dec = |b: &[u8]| {
+                percent_encoding::percent_decode(b)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
             let k = dec(kv.next().unwrap_or_default());
             let v = dec(kv.next().unwrap_or_default());
             out.push((k, v));
@@ -272,7 +358,11 @@ fn normal_answer(cfg: &SimConfig, instance: &str) -> (Vec<data::SimSession>, u64
         .instances
         .get(instance)
         .and_then(|i| i.sessions)
-        .unwrap_or(if cfg.sessions > 0 { cfg.sessions } else { data::default_count(cfg.seed, instance) });
+        .unwrap_or(if cfg.sessions > 0 {
+            cfg.sessions
+        } else {
+            data::default_count(cfg.seed, instance)
+        });
     let generation = if cfg.churn {
         now_ms() / cfg.churn_period.as_millis().max(1) as u64
     } else {
@@ -285,12 +375,24 @@ fn normal_answer(cfg: &SimConfig, instance: &str) -> (Vec<data::SimSession>, u64
     } else {
         count
     };
-    (data::sessions(cfg.seed, instance, generation, count), generation)
+    (
+        data::sessions(cfg.seed, instance, generation, count),
+        generation,
+    )
 }
 
-async fn api(State(st): State<Arc<SimState>>, method: Method, RawQuery(q): RawQuery, body: Bytes) -> Response {
+async fn api(
+    State(st): State<Arc<SimState>>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
     if method != Method::POST && method != Method::GET {
-        return error_response(StatusCode::METHOD_NOT_ALLOWED, "UnsupportedHTTPMethod", "Use GET or POST.");
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UnsupportedHTTPMethod",
+            "Use GET or POST.",
+        );
     }
     let params = parse_params(q.as_deref(), &body);
     let instance = match authenticate(&st, &method, &params) {
@@ -298,12 +400,25 @@ async fn api(State(st): State<Arc<SimState>>, method: Method, RawQuery(q): RawQu
         Err(resp) => return resp,
     };
     let fault = lock(&st.faults).get(&instance).cloned();
-    let fault = fault.and_then(|f| f.resolve(lock(&st.stats).requests.get(&instance).copied().unwrap_or(0)));
+    let fault = fault.and_then(|f| {
+        f.resolve(
+            lock(&st.stats)
+                .requests
+                .get(&instance)
+                .copied()
+                .unwrap_or(0),
+        )
+    });
     {
         let mut stats = lock(&st.stats);
         *stats.requests.entry(instance.clone()).or_insert(0) += 1;
         let label = fault.as_ref().map_or("ok".to_owned(), Fault::label);
-        *stats.answers.entry(instance.clone()).or_default().entry(label).or_insert(0) += 1;
+        *stats
+            .answers
+            .entry(instance.clone())
+            .or_default()
+            .entry(label)
+            .or_insert(0) += 1;
         if stats.arrivals_ms.len() < MAX_ARRIVALS {
             stats.arrivals_ms.push(now_ms());
         }
@@ -319,7 +434,12 @@ async fn api(State(st): State<Arc<SimState>>, method: Method, RawQuery(q): RawQu
 }
 
 fn json_ok(body: Vec<u8>) -> Response {
-    (StatusCode::OK, [("content-type", "application/json;charset=utf-8")], Body::from(body)).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/json;charset=utf-8")],
+        Body::from(body),
+    )
+        .into_response()
 }
 
 async fn stats(State(st): State<Arc<SimState>>) -> Json<Stats> {
@@ -331,7 +451,11 @@ async fn reset_stats(State(st): State<Arc<SimState>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn set_fault(State(st): State<Arc<SimState>>, Path(instance): Path<String>, Json(f): Json<Fault>) -> StatusCode {
+async fn set_fault(
+    State(st): State<Arc<SimState>>,
+    Path(instance): Path<String>,
+    Json(f): Json<Fault>,
+) -> StatusCode {
     lock(&st.faults).insert(instance, f);
     StatusCode::NO_CONTENT
 }
@@ -361,5 +485,10 @@ async fn current_answer(
 ) -> Response {
     let cfg = lock(&st.cfg).clone();
     let (sessions, _) = normal_answer(&cfg, &instance);
-    json_ok(data::answer(&sessions, sessions.len() as u64, q.timestamp_ms.unwrap_or_else(now_ms), "SIM"))
+    json_ok(data::answer(
+        &sessions,
+        sessions.len() as u64,
+        q.timestamp_ms.unwrap_or_else(now_ms),
+        "SIM",
+    ))
 }

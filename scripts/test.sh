@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, clippy, the unit and end-to-end tests, and the
+# deploy lints. Installs what it needs first (Debian packages: prometheus for promtool and the
+# server, redis-server; PyPI: prometheus_client for the official parsers), so it works on a fresh
+# Debian machine that has only the Rust toolchain. Set SKIP_INSTALL=1 to skip the installs.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+if [ "${SKIP_INSTALL:-0}" != 1 ] && [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  echo "test.sh: installing ${need_apt[*]} (apt)" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian starts the packaged services on install; the tests start their own on loopback ports.
+for svc in prometheus redis-server prometheus-node-exporter; do
+  if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
+done
+if [ "${SKIP_INSTALL:-0}" != 1 ] && ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  echo "test.sh: installing prometheus_client (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check 'prometheus_client>=0.20' ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'prometheus_client>=0.20'
+fi
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --all-targets --locked -- -D warnings
+echo "== deploy lints" >&2
+bash scripts/lint-deploy.sh
+echo "== cargo test" >&2
+cargo test --locked --all-targets
