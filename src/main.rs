@@ -123,6 +123,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => SimConfig::default(),
             };
+            // The key pair in the environment (the one an exporter beside it would use) is
+            // accepted too, so `simulate` and the daemon can share one set of variables.
+            if let Ok(p) = credentials::from_env() {
+                if let Ok(c) = credentials::CredentialProvider::credentials(&p).await {
+                    cfg.keys.push(simulator::SimKey {
+                        access_key_id: c.access_key_id.clone(),
+                        access_key_secret: credentials::ExposeSecret::expose_secret(
+                            &c.access_key_secret,
+                        )
+                        .to_owned(),
+                        security_token: c
+                            .security_token
+                            .as_ref()
+                            .map(|t| credentials::ExposeSecret::expose_secret(t).to_owned()),
+                    });
+                }
+            }
             cfg.churn |= churn;
             if let Some(s) = seed {
                 cfg.seed = *s;

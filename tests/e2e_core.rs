@@ -546,3 +546,45 @@ fn version_flag() {
         format!("redis-session-exporter {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[tokio::test]
+async fn simulate_accepts_the_key_pair_from_the_environment() {
+    // One set of variables for both processes: the simulator accepts the pair it is started with,
+    // and rejects a request signed with another secret.
+    let env = [
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-shared-fake-id"),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "shared-fake-secret"),
+    ];
+    let sim = spawn(&["simulate", "--listen", "127.0.0.1:0"], &env, &[]);
+    let line = sim.wait_for_line("listening on http://", Duration::from_secs(20));
+    let sim_addr: std::net::SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let cfg = format!("[das]\nendpoint = \"http://{sim_addr}\"\n[[instances]]\nid = \"r-env\"\n");
+    let (_good, good_addr) = start_exporter(&cfg, &env);
+    let (_bad, bad_addr) = start_exporter(
+        &cfg,
+        &[
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-shared-fake-id"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "wrong-secret"),
+        ],
+    );
+    let up = |addr| async move {
+        wait_until("a first poll", Duration::from_secs(20), || async {
+            value(
+                &scrape_text(addr).await,
+                "redis_session_up{instance_id=\"r-env\"}",
+            )
+        })
+        .await
+    };
+    assert_eq!(up(good_addr).await, 1.0);
+    assert_eq!(up(bad_addr).await, 0.0);
+    let text = scrape_text(bad_addr).await;
+    assert!(text.contains("code=\"SignatureDoesNotMatch\""), "{text}");
+    assert!(!text.contains("wrong-secret"));
+}
