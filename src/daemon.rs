@@ -72,7 +72,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     #[cfg(unix)]
-    tokio::spawn(reload_on_sighup(tx.clone(), shutdown.clone()));
+    reload_on_sighup(tx.clone(), shutdown.clone());
 
     on_bound(addr);
     tracing::info!(%addr, instances = cfg.instances.len(), interval = ?cfg.poll.interval, "serving /metrics");
@@ -131,7 +131,10 @@ async fn control_loop(
                 match &outcome {
                     Ok(()) => tracing::info!(instances = scheduler.len(), "configuration reloaded"),
                     Err(e) => {
-                        tracing::error!(error = %e, "reload rejected; the previous configuration stays in force")
+                        // One line, whatever the error's layout: log pipelines split on newlines.
+                        let reason = e.lines().map(str::trim).filter(|l| !l.is_empty());
+                        let reason = reason.collect::<Vec<_>>().join("; ");
+                        tracing::error!(error = %reason, "reload rejected; the previous configuration stays in force")
                     }
                 }
                 publish_reload_status(&store, outcome.is_ok());
@@ -181,23 +184,28 @@ fn publish_reload_status(store: &Store, ok: bool) {
     store.publish_global("reload", blocks);
 }
 
+/// Registers the SIGHUP handler now (before the server announces itself: SIGHUP's default action
+/// is to terminate, so a reload sent right after start must not find it missing) and forwards
+/// each signal to the control loop.
 #[cfg(unix)]
-async fn reload_on_sighup(tx: ControlSender, shutdown: CancellationToken) {
+fn reload_on_sighup(tx: ControlSender, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload with POST /-/reload");
         return;
     };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            s = hup.recv() => if s.is_none() { return },
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = hup.recv() => if s.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading the configuration");
+            if tx.send(Control::Reload { reply: None }).await.is_err() {
+                return;
+            }
         }
-        tracing::info!("SIGHUP: reloading the configuration");
-        if tx.send(Control::Reload { reply: None }).await.is_err() {
-            return;
-        }
-    }
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
