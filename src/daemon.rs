@@ -24,6 +24,7 @@ use crate::scheduler::Scheduler;
 use crate::server::{app, AppState};
 use crate::source::Source;
 use crate::store::Store;
+use crate::webconfig::{self, WebConfig};
 
 /// Re-reads the configuration (file, environment, flags) for a reload.
 pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -54,6 +55,18 @@ pub async fn run(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    run_with_web(cfg, credentials, reloader, None, shutdown, on_bound).await
+}
+
+/// [`run`], serving through `web` (TLS, basic auth) when given.
+pub async fn run_with_web(
+    cfg: Config,
+    credentials: Arc<dyn CredentialProvider>,
+    reloader: Option<Reloader>,
+    web: Option<WebConfig>,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
@@ -75,9 +88,12 @@ pub async fn run(
     reload_on_sighup(tx.clone(), shutdown.clone());
 
     on_bound(addr);
-    tracing::info!(%addr, instances = cfg.instances.len(), interval = ?cfg.poll.interval, "serving /metrics");
-    axum::serve(listener, app(AppState::new(store).with_control(tx)))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    let (tls, basic_auth) = web
+        .as_ref()
+        .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
+    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), interval = ?cfg.poll.interval, "serving /metrics");
+    let router = app(AppState::new(store).with_control(tx));
+    webconfig::serve(listener, router, web.as_ref(), shutdown.clone())
         .await
         .context("HTTP server")?;
     shutdown.cancel();
