@@ -322,7 +322,12 @@ fn tls_config(t: &FileTls, base: &Path) -> Result<Arc<rustls::ServerConfig>, Web
             b.build()
                 .map_err(|e| key_err("tls_server_config.client_ca_file", e.to_string()))?
         }
-        (_, None) => unreachable!("checked above: verifying modes need client_ca_file"),
+        (_, None) => {
+            return Err(key_err(
+                "tls_server_config.client_ca_file",
+                "required with this client_auth_type",
+            ))
+        }
     };
     let mut cfg = builder
         .with_client_cert_verifier(verifier)
@@ -554,11 +559,7 @@ impl BasicAuth {
     /// list is scanned whole, an unknown user still pays a bcrypt verification, and bcrypt
     /// compares in constant time; the cache is keyed by a digest, never the password.
     pub async fn verify(&self, user: &str, password: &str) -> bool {
-        let mut h = Sha256::new();
-        h.update((user.len() as u64).to_le_bytes());
-        h.update(user.as_bytes());
-        h.update(password.as_bytes());
-        let key: [u8; 32] = h.finalize().into();
+        let key = cache_key(user, password);
         if let Some(v) = self.lock().get(&key) {
             return *v;
         }
@@ -590,6 +591,16 @@ impl BasicAuth {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], bool>> {
         self.verdicts.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The cache key of a (user, password) pair: a digest, so the cache never holds a password. The
+/// user's length goes first so ("ab", "c") and ("a", "bc") differ.
+fn cache_key(user: &str, password: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((user.len() as u64).to_le_bytes());
+    h.update(user.as_bytes());
+    h.update(password.as_bytes());
+    h.finalize().into()
 }
 
 /// The `Authorization: Basic` credentials of a request, if well-formed.
@@ -825,12 +836,11 @@ mod tests {
         // ("ali", "ces3cret") must not collide with ("alice", "s3cret") in the cache.
         assert!(!auth.verify("ali", "ces3cret").await);
         assert_eq!(auth.lock().len(), 6);
-        // A cached verdict is what the next call returns (poison it to prove it is used).
-        let key = *auth.lock().iter().find(|(_, v)| **v).unwrap().0;
-        auth.lock().insert(key, false);
-        let cached_false =
-            !auth.verify("alice", "s3cret").await || !auth.verify("bob", "other").await;
-        assert!(cached_false);
+        // A cached verdict is what the next call returns: poison alice's to prove it is used.
+        assert_eq!(auth.lock().get(&cache_key("alice", "s3cret")), Some(&true));
+        auth.lock().insert(cache_key("alice", "s3cret"), false);
+        assert!(!auth.verify("alice", "s3cret").await);
+        assert!(auth.verify("bob", "other").await);
     }
 
     #[tokio::test]

@@ -239,9 +239,14 @@ async fn an_invalid_reload_is_rejected_and_the_old_configuration_keeps_running()
             "[[instances]]\nid = \"r-a\"\n[[instances]]\nid = \"r-b\"\n",
         ),
     );
+    let a_before = polls(&scrape_text(addr).await, "r-a").unwrap();
     let (status, body) = post_reload(addr).await;
     assert_eq!(status, 200, "{body}");
     let t = wait_polls(addr, "r-b", 1.0).await;
+    assert!(
+        polls(&t, "r-a").unwrap() >= a_before,
+        "an unchanged instance keeps its counters"
+    );
     assert_eq!(value(&t, RELOAD_OK), Some(1.0));
     assert!(value(&t, RELOAD_TS).unwrap() > ts_start);
     assert!(exp.terminate().success());
