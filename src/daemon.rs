@@ -24,6 +24,7 @@ use crate::scheduler::Scheduler;
 use crate::server::{app, AppState};
 use crate::source::Source;
 use crate::store::Store;
+use crate::webconfig::{self, WebConfig};
 
 /// Re-reads the configuration (file, environment, flags) for a reload.
 pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -54,6 +55,18 @@ pub async fn run(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    run_with_web(cfg, credentials, reloader, None, shutdown, on_bound).await
+}
+
+/// [`run`], serving through `web` (TLS, basic auth) when given.
+pub async fn run_with_web(
+    cfg: Config,
+    credentials: Arc<dyn CredentialProvider>,
+    reloader: Option<Reloader>,
+    web: Option<WebConfig>,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
@@ -72,12 +85,15 @@ pub async fn run(
         shutdown.clone(),
     ));
     #[cfg(unix)]
-    tokio::spawn(reload_on_sighup(tx.clone(), shutdown.clone()));
+    reload_on_sighup(tx.clone(), shutdown.clone());
 
     on_bound(addr);
-    tracing::info!(%addr, instances = cfg.instances.len(), interval = ?cfg.poll.interval, "serving /metrics");
-    axum::serve(listener, app(AppState::new(store).with_control(tx)))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    let (tls, basic_auth) = web
+        .as_ref()
+        .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
+    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), interval = ?cfg.poll.interval, "serving /metrics");
+    let router = app(AppState::new(store).with_control(tx));
+    webconfig::serve(listener, router, web.as_ref(), shutdown.clone())
         .await
         .context("HTTP server")?;
     shutdown.cancel();
@@ -131,7 +147,10 @@ async fn control_loop(
                 match &outcome {
                     Ok(()) => tracing::info!(instances = scheduler.len(), "configuration reloaded"),
                     Err(e) => {
-                        tracing::error!(error = %e, "reload rejected; the previous configuration stays in force")
+                        // One line, whatever the error's layout: log pipelines split on newlines.
+                        let reason = e.lines().map(str::trim).filter(|l| !l.is_empty());
+                        let reason = reason.collect::<Vec<_>>().join("; ");
+                        tracing::error!(error = %reason, "reload rejected; the previous configuration stays in force")
                     }
                 }
                 publish_reload_status(&store, outcome.is_ok());
@@ -181,23 +200,28 @@ fn publish_reload_status(store: &Store, ok: bool) {
     store.publish_global("reload", blocks);
 }
 
+/// Registers the SIGHUP handler now (before the server announces itself: SIGHUP's default action
+/// is to terminate, so a reload sent right after start must not find it missing) and forwards
+/// each signal to the control loop.
 #[cfg(unix)]
-async fn reload_on_sighup(tx: ControlSender, shutdown: CancellationToken) {
+fn reload_on_sighup(tx: ControlSender, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload with POST /-/reload");
         return;
     };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            s = hup.recv() => if s.is_none() { return },
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = hup.recv() => if s.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading the configuration");
+            if tx.send(Control::Reload { reply: None }).await.is_err() {
+                return;
+            }
         }
-        tracing::info!("SIGHUP: reloading the configuration");
-        if tx.send(Control::Reload { reply: None }).await.is_err() {
-            return;
-        }
-    }
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -15,6 +15,7 @@
 //! - [`exposition`]: classic text and OpenMetrics, encoded once per poll.
 //! - [`store`]: the published state, swapped atomically, read by the server.
 //! - [`server`]: `/metrics`, `/`, `/healthz`, `/readyz`.
+//! - [`webconfig`]: `--web.config.file`: TLS and basic auth in front of every route.
 //! - [`daemon`]: wires the above together; [`simulator`] and [`demo`] run it without a cloud.
 #![forbid(unsafe_code)]
 
@@ -32,3 +33,4 @@ pub mod snapshot;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod webconfig;

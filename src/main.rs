@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use redis_session_exporter::config::{Config, Overrides};
 use redis_session_exporter::simulator::SimConfig;
+use redis_session_exporter::webconfig::WebConfig;
 use redis_session_exporter::{credentials, daemon, demo, simulator, telemetry};
 
 /// Prometheus exporter for the client sessions of ApsaraDB for Redis / Tair (DAS GetRedisAllSession).
@@ -22,6 +23,9 @@ struct Cli {
     /// Overrides `[server] listen`.
     #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// TLS and basic auth for the HTTP endpoint, in the Prometheus exporter-toolkit format (YAML).
+    #[arg(long = "web.config.file", global = true, value_name = "FILE")]
+    web_config_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -67,6 +71,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `--web.config.file`, if given; an error names the file and the key.
+fn load_web_config(cli: &Cli) -> Result<Option<WebConfig>, String> {
+    cli.web_config_file
+        .as_ref()
+        .map(|p| WebConfig::load(p).map_err(|e| format!("--web.config.file {}: {e}", p.display())))
+        .transpose()
+}
+
 fn load_config(cli: &Cli) -> Result<Config, String> {
     let path = cli
         .config
@@ -89,7 +101,10 @@ fn shutdown_on_signal() -> CancellationToken {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Some(Command::CheckConfig) => match load_config(&cli) {
+        Some(Command::CheckConfig) => match load_config(&cli).and_then(|c| {
+            load_web_config(&cli)?;
+            Ok(c)
+        }) {
             Ok(cfg) => {
                 print!("{}", cfg.to_toml());
                 eprintln!("configuration is valid ({} instances)", cfg.instances.len());
@@ -154,7 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            let cfg = match load_config(&cli) {
+            let (cfg, web) = match load_config(&cli).and_then(|c| Ok((c, load_web_config(&cli)?))) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -176,7 +191,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let path = path.as_ref().ok_or("no configuration file")?;
                 Config::load(path, &overrides).map_err(|e| e.to_string())
             });
-            daemon::run(cfg, creds, Some(reloader), shutdown_on_signal(), |_| {}).await?;
+            daemon::run_with_web(
+                cfg,
+                creds,
+                Some(reloader),
+                web,
+                shutdown_on_signal(),
+                |_| {},
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
     }

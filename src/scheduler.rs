@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,10 @@ pub struct InstanceState {
 struct Task {
     config: InstanceConfig,
     state: Arc<Mutex<InstanceState>>,
+    /// False once the instance is removed. The task checks it under this lock before publishing,
+    /// so a poll finishing on another thread while the instance is removed cannot bring its
+    /// series back (`abort` only takes effect at the task's next await).
+    live: Arc<Mutex<bool>>,
     cancel: CancellationToken,
     handle: JoinHandle<()>,
 }
@@ -75,6 +80,8 @@ pub struct Scheduler {
     source: Arc<dyn Source>,
     store: Arc<Store>,
     settings: Arc<ArcSwap<Settings>>,
+    /// The current interval; tasks sleeping on a slot planned with an older one wake and re-plan.
+    interval: watch::Sender<Duration>,
     tasks: HashMap<String, Task>,
     shutdown: CancellationToken,
     /// Reference point of every instance's grid.
@@ -92,6 +99,7 @@ impl Scheduler {
             source,
             store,
             settings: Arc::new(ArcSwap::from_pointee(Settings::from_config(cfg))),
+            interval: watch::Sender::new(cfg.poll.interval),
             tasks: HashMap::new(),
             shutdown,
             epoch: Instant::now(),
@@ -108,6 +116,11 @@ impl Scheduler {
             next.throttle = old.throttle.clone();
         }
         self.settings.store(Arc::new(next));
+        self.interval.send_if_modified(|i| {
+            let changed = *i != cfg.poll.interval;
+            *i = cfg.poll.interval;
+            changed
+        });
 
         let wanted: HashMap<&str, &InstanceConfig> =
             cfg.instances.iter().map(|i| (i.id.as_str(), i)).collect();
@@ -121,8 +134,10 @@ impl Scheduler {
             if let Some(t) = self.tasks.remove(&id) {
                 t.cancel.cancel();
                 t.handle.abort();
+                let mut live = t.live.lock().unwrap_or_else(|p| p.into_inner());
+                *live = false;
+                self.store.remove(&id);
             }
-            self.store.remove(&id);
             tracing::info!(instance_id = %id, "instance removed");
         }
         for inst in &cfg.instances {
@@ -142,12 +157,17 @@ impl Scheduler {
                 }
             };
             let cancel = self.shutdown.child_token();
+            let live = Arc::new(Mutex::new(true));
             let handle = tokio::spawn(run_instance(
                 inst.clone(),
                 self.source.clone(),
                 self.store.clone(),
-                self.settings.clone(),
-                state.clone(),
+                Shared {
+                    settings: self.settings.clone(),
+                    interval: self.interval.subscribe(),
+                    state: state.clone(),
+                    live: live.clone(),
+                },
                 cancel.clone(),
                 self.epoch,
             ));
@@ -156,6 +176,7 @@ impl Scheduler {
                 Task {
                     config: inst.clone(),
                     state,
+                    live,
                     cancel,
                     handle,
                 },
@@ -238,22 +259,42 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// What an instance task shares with the scheduler.
+struct Shared {
+    settings: Arc<ArcSwap<Settings>>,
+    interval: watch::Receiver<Duration>,
+    state: Arc<Mutex<InstanceState>>,
+    live: Arc<Mutex<bool>>,
+}
+
 async fn run_instance(
     inst: InstanceConfig,
     source: Arc<dyn Source>,
     store: Arc<Store>,
-    settings: Arc<ArcSwap<Settings>>,
-    state: Arc<Mutex<InstanceState>>,
+    mut shared: Shared,
     cancel: CancellationToken,
     epoch: Instant,
 ) {
     let mut slot = Instant::now();
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(slot) => {}
+        shared.interval.borrow_and_update();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(slot) => break,
+                changed = shared.interval.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // A reload changed the interval: the slot was planned on the old grid (maybe
+                    // an hour away), so re-plan on the new one from now.
+                    let interval = *shared.interval.borrow_and_update();
+                    let now = Instant::now();
+                    slot = next_slot(epoch, phase(&inst.id, interval), interval, now, now).0;
+                }
+            }
         }
-        let s = settings.load_full();
+        let s = shared.settings.load_full();
         let ctx = PollContext {
             throttle: s.throttle.clone(),
             budget: s.interval,
@@ -266,16 +307,28 @@ async fn run_instance(
             r = source.poll(&inst, &ctx) => r,
         };
         let took = started.elapsed();
-        let entry = record(&inst, &state, result, took);
-        store.publish(entry);
+        let entry = record(&inst, &shared.state, result, took);
+        {
+            let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+            if !*live {
+                return;
+            }
+            store.publish(entry);
+        }
 
-        let (next, skipped) = next_slot(
+        // Plan on the interval in force now: a reload during the poll already applies.
+        let interval = shared.settings.load().interval;
+        let (next, mut skipped) = next_slot(
             epoch,
-            phase(&inst.id, s.interval),
-            s.interval,
+            phase(&inst.id, interval),
+            interval,
             slot,
             Instant::now(),
         );
+        if interval != s.interval {
+            // The old slot is on another grid: counting its distance in new slots means nothing.
+            skipped = 0;
+        }
         if skipped > 0 {
             store
                 .stats
@@ -284,8 +337,7 @@ async fn run_instance(
             tracing::warn!(instance_id = %inst.id, skipped, took = ?took, "poll outlasted its interval; skipped rounds");
         }
         // Up to 1% of the interval (at most 1 s) of random jitter keeps replicas from aligning.
-        let jitter = s
-            .interval
+        let jitter = interval
             .mul_f64(0.01)
             .min(Duration::from_secs(1))
             .mul_f64(rand::random::<f64>());
