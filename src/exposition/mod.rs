@@ -424,6 +424,11 @@ fn write_snapshot(w: &mut BlockWriter, s: &Snapshot) {
             w.gauge(Fam::ByLibrary, &[("library", lib)], *n);
         }
         w.gauge_histogram(Fam::TotalMemoryBytes, &[], &d.total_memory);
+        w.gauge(
+            Fam::Subscriptions,
+            &[("kind", "shard")],
+            d.subscriptions_shard,
+        );
     }
     w.gauge(Fam::QueryBufferMax, &[], s.query_buffer_max_bytes);
     w.gauge(Fam::OutputBufferMax, &[], s.output_buffer_max_bytes);
