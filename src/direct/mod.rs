@@ -212,6 +212,14 @@ pub fn classify(e: &RedisError) -> PollError {
     }
 }
 
+/// The client library's own timeouts do not say how long they waited; we do.
+fn with_timeout(e: PollError, timeout: Duration) -> PollError {
+    match e {
+        PollError::Timeout(d) if d.is_zero() => PollError::Timeout(timeout),
+        e => e,
+    }
+}
+
 /// Folds one node's `CLIENT LIST` reply: every client except the exporters' own connections
 /// (named [`CLIENT_NAME`], or carrying `own_id`), and a tally of client IPs as source counts.
 pub fn fold_client_list(fold: &mut Fold, node_id: &str, reply: &str, own_id: Option<u64>) {
@@ -341,7 +349,8 @@ impl NodeClient {
                 None => {
                     let c = tokio::time::timeout(timeout, self.connect(timeout))
                         .await
-                        .map_err(|_| PollError::Timeout(timeout))??;
+                        .map_err(|_| PollError::Timeout(timeout))?
+                        .map_err(|e| with_timeout(e, timeout))?;
                     *guard = Some(c.clone());
                     c
                 }
@@ -365,7 +374,7 @@ impl NodeClient {
                 {
                     *self.conn.lock().await = None;
                 }
-                Err(classify(&e))
+                Err(with_timeout(classify(&e), timeout))
             }
         }
     }
