@@ -157,6 +157,8 @@ pub enum SourceKind {
     /// DAS `GetRedisAllSession`.
     #[default]
     Das,
+    /// `CLIENT LIST` from the Redis nodes themselves (see [`crate::direct`]).
+    Direct,
 }
 
 /// `[[instances]]`
@@ -169,6 +171,25 @@ pub struct InstanceConfig {
     /// Extra labels for `redis_session_instance_info`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    // The keys below are for `source = "direct"` only (validation refuses them elsewhere).
+    /// `redis://host:port` or `rediss://host:port` (TLS); the cluster seed with `cluster = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// ACL user; without it the connection authenticates as `default` (or not at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A file holding the password; read at each (re)connect, so a rotated secret is picked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Accepted and ignored: `CLIENT LIST` is server-wide, whatever database is selected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<i64>,
+    /// Explicit node endpoints (`host:port` or URLs) polled instead of `address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// Find every primary and replica from `CLUSTER NODES` on `address`, and poll each.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
 }
 
 impl InstanceConfig {
@@ -177,6 +198,12 @@ impl InstanceConfig {
             id: id.into(),
             source: SourceKind::Das,
             labels: BTreeMap::new(),
+            address: None,
+            username: None,
+            password_file: None,
+            db: None,
+            nodes: Vec::new(),
+            cluster: false,
         }
     }
 }
@@ -332,6 +359,9 @@ impl Config {
                 if let Err(reason) = check_label_name(name) {
                     err(&key, reason);
                 }
+            }
+            for (key, reason) in crate::direct::validate_instance(inst) {
+                err(&format!("instances[{i}].{key}"), reason);
             }
         }
         if errs.is_empty() {

@@ -73,8 +73,10 @@ pub async fn run_with_web(
     let addr = listener.local_addr()?;
 
     let store = Arc::new(Store::new());
-    let source: Arc<dyn Source> =
-        Arc::new(DasClient::new(&cfg.das, credentials).context("building the HTTP client")?);
+    let source: Arc<dyn Source> = Arc::new(crate::source::Router {
+        das: Arc::new(DasClient::new(&cfg.das, credentials).context("building the HTTP client")?),
+        direct: Arc::new(crate::direct::DirectSource::new()),
+    });
     let (tx, rx) = mpsc::channel(16);
     let control = tokio::spawn(control_loop(
         cfg.clone(),

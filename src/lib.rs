@@ -8,6 +8,7 @@
 //! - [`config`]: file, environment and flags, validated with key-named errors.
 //! - [`credentials`]: where the AccessKey comes from; secrets are redacted by type.
 //! - [`das`]: request signing (pure), the tolerant streaming decoder, the HTTP client.
+//! - [`direct`]: the other source: `CLIENT LIST` read from the Redis nodes themselves.
 //! - [`source`]: the seam between the scheduler and any source, the shared throttle, retries.
 //! - [`snapshot`]: the fold from sessions to one instance's typed aggregate.
 //! - [`fleet`]: which instances this replica polls (configured, discovered, sharded).
@@ -24,6 +25,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod das;
 pub mod demo;
+pub mod direct;
 pub mod exposition;
 pub mod fleet;
 pub mod scheduler;

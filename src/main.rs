@@ -47,6 +47,9 @@ enum Command {
         /// Seed of the generated sessions.
         #[arg(long)]
         seed: Option<u64>,
+        /// Answer every instance with this Redis server's real `CLIENT LIST` (redis://host:port).
+        #[arg(long = "from-redis", value_name = "URL")]
+        from_redis: Option<String>,
     },
 }
 
@@ -127,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sim_config,
             churn,
             seed,
+            from_redis,
         }) => {
             telemetry::init("info");
             let mut cfg = match sim_config {
@@ -158,6 +162,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.churn |= churn;
             if let Some(s) = seed {
                 cfg.seed = *s;
+            }
+            if let Some(url) = from_redis {
+                cfg.from_redis = Some(url.clone());
             }
             let listen = cli
                 .listen

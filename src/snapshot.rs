@@ -143,6 +143,8 @@ pub struct SessionView<'a> {
     pub user: Option<&'a str>,
     pub lib_name: Option<&'a str>,
     pub tot_mem: Option<u64>,
+    /// Shard-channel subscriptions (`ssub`, Redis 7+; direct only).
+    pub ssub: Option<u64>,
 }
 
 /// The streaming accumulator. Text keys are copied once per distinct value, never per session.
@@ -171,6 +173,7 @@ pub struct Fold {
     users: HashMap<Box<str>, u64>,
     libraries: HashMap<Box<str>, u64>,
     tot_mem: Distribution,
+    ssub: u64,
     /// True once any session carried direct-only fields.
     direct_fields: bool,
     /// Reused buffer for lower-casing commands without an allocation per session.
@@ -217,6 +220,7 @@ impl Fold {
             users: HashMap::new(),
             libraries: HashMap::new(),
             tot_mem: Distribution::new(TOTAL_MEMORY_BOUNDS),
+            ssub: 0,
             direct_fields: false,
             scratch: String::new(),
         }
@@ -257,8 +261,9 @@ impl Fold {
         self.age.observe(s.age);
         self.qbuf.observe(s.qbuf);
         self.omem.observe(s.omem);
-        if s.user.is_some() || s.lib_name.is_some() || s.tot_mem.is_some() {
+        if s.user.is_some() || s.lib_name.is_some() || s.tot_mem.is_some() || s.ssub.is_some() {
             self.direct_fields = true;
+            self.ssub = self.ssub.saturating_add(s.ssub.unwrap_or(0));
             bump(&mut self.users, s.user.unwrap_or(""), 1);
             bump(&mut self.libraries, s.lib_name.unwrap_or(""), 1);
             self.tot_mem.observe(s.tot_mem.unwrap_or(0));
@@ -313,6 +318,7 @@ impl Fold {
                 by_user: cap(self.users, limits.max_client_names),
                 by_library: cap(self.libraries, limits.max_client_names),
                 total_memory: self.tot_mem,
+                subscriptions_shard: self.ssub,
             }),
         }
     }
@@ -388,6 +394,8 @@ pub struct DirectFigures {
     pub by_user: Vec<(String, u64)>,
     pub by_library: Vec<(String, u64)>,
     pub total_memory: Distribution,
+    /// Sum of `ssub` (shard-channel subscriptions).
+    pub subscriptions_shard: u64,
 }
 
 /// Name under which flag slot `i` is exported.

@@ -221,6 +221,26 @@ pub trait Source: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Snapshot, PollError>>;
 }
 
+/// Sends each instance to the source its `source` key names.
+#[derive(Clone)]
+pub struct Router {
+    pub das: Arc<dyn Source>,
+    pub direct: Arc<dyn Source>,
+}
+
+impl Source for Router {
+    fn poll<'a>(
+        &'a self,
+        instance: &'a InstanceConfig,
+        ctx: &'a PollContext,
+    ) -> BoxFuture<'a, Result<Snapshot, PollError>> {
+        match instance.source {
+            crate::config::SourceKind::Das => self.das.poll(instance, ctx),
+            crate::config::SourceKind::Direct => self.direct.poll(instance, ctx),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -197,6 +197,7 @@ impl<'de> Visitor<'de> for SessionsSeed<'_> {
                 user: None,
                 lib_name: None,
                 tot_mem: None,
+                ssub: None,
             });
         }
         Ok(())

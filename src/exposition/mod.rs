@@ -408,6 +408,13 @@ fn write_snapshot(w: &mut BlockWriter, s: &Snapshot) {
         &[("kind", "pattern")],
         s.subscriptions_pattern,
     );
+    if let Some(d) = &s.direct {
+        w.gauge(
+            Fam::Subscriptions,
+            &[("kind", "shard")],
+            d.subscriptions_shard,
+        );
+    }
     w.gauge(Fam::InTransaction, &[], s.in_transaction);
     w.gauge(Fam::QueryBufferFree, &[], s.query_buffer_free_bytes);
     w.gauge(Fam::OutputListObjects, &[], s.output_list_objects);

@@ -271,6 +271,39 @@ pub fn answer(sessions: &[SimSession], total: u64, timestamp_ms: u64, request_id
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// A real server's `CLIENT LIST` in the DAS shape (`simulate --from-redis`), so the DAS path can
+/// be exercised on real sessions. The exporters' own connections are left out, exactly as the
+/// direct source leaves them out, so both paths report the same figures.
+pub fn from_client_list(reply: &str, node_id: &str, own_id: Option<u64>) -> Vec<SimSession> {
+    use crate::direct::{client_list, CLIENT_NAME};
+    client_list::parse(reply)
+        .filter(|c| c.name != CLIENT_NAME && !(own_id.is_some() && c.id == own_id))
+        .map(|c| SimSession {
+            sub: c.sub.unwrap_or(0),
+            psub: c.psub.unwrap_or(0),
+            idle: c.idle.unwrap_or(0),
+            flags: c.flags.to_owned(),
+            oll: c.oll.unwrap_or(0),
+            qbuf_free: c.qbuf_free.unwrap_or(0),
+            multi: c.multi.unwrap_or(-1),
+            omem: c.omem.unwrap_or(0),
+            qbuf: c.qbuf.unwrap_or(0),
+            name: c.name.to_owned(),
+            obl: c.obl.unwrap_or(0),
+            client: c.client_ip().to_owned(),
+            cmd: c.cmd.to_owned(),
+            id: c.id.unwrap_or(0),
+            addr: c.addr.to_owned(),
+            node_id: node_id.to_owned(),
+            age: c.age.unwrap_or(0).to_string(),
+            db: c.db.unwrap_or(0).max(0) as u64,
+            events: c.events.to_owned(),
+            fd: c.fd.unwrap_or(0).max(0) as u64,
+            client_desc: String::new(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

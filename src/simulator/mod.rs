@@ -67,6 +67,9 @@ pub struct SimConfig {
     #[serde(with = "humantime_serde")]
     pub timestamp_window: Duration,
     pub instances: BTreeMap<String, SimInstance>,
+    /// `redis://host:port`: every instance answers with this server's real `CLIENT LIST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_redis: Option<String>,
 }
 
 /// Key pair the simulator accepts when none is configured (obviously fake).
@@ -87,6 +90,7 @@ impl Default for SimConfig {
             sessions: 0,
             timestamp_window: Duration::from_secs(15 * 60),
             instances: BTreeMap::new(),
+            from_redis: None,
         }
     }
 }
@@ -111,14 +115,25 @@ struct SimState {
     nonces: Mutex<HashMap<String, Instant>>,
     stats: Mutex<Stats>,
     faults: Mutex<HashMap<String, Fault>>,
+    /// The real server behind `from_redis`.
+    redis: Option<crate::direct::NodeClient>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The simulator's router.
-pub fn app(cfg: SimConfig) -> Router {
+/// The simulator's router. Fails only on a `from_redis` that is not a Redis URL.
+pub fn app(cfg: SimConfig) -> Result<Router, String> {
+    let redis = cfg
+        .from_redis
+        .as_deref()
+        .map(|url| {
+            crate::direct::parse_endpoint(url, false)
+                .map(|e| crate::direct::NodeClient::new(e, None, None))
+                .map_err(|e| format!("--from-redis: {e}"))
+        })
+        .transpose()?;
     let faults = cfg
         .instances
         .iter()
@@ -129,8 +144,9 @@ pub fn app(cfg: SimConfig) -> Router {
         nonces: Mutex::new(HashMap::new()),
         stats: Mutex::new(Stats::default()),
         faults: Mutex::new(faults),
+        redis,
     });
-    Router::new()
+    Ok(Router::new()
         .route("/", any(api))
         .route("/_sim/stats", get(stats).delete(reset_stats))
         .route(
@@ -139,7 +155,7 @@ pub fn app(cfg: SimConfig) -> Router {
         )
         .route("/_sim/answer/{instance}", get(current_answer))
         .route("/_sim/keys", put(add_key))
-        .with_state(state)
+        .with_state(state))
 }
 
 /// Serves the simulator on `listener` until `shutdown`.
@@ -148,21 +164,27 @@ pub async fn serve(
     cfg: SimConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(cfg))
+    let app = app(cfg).map_err(std::io::Error::other)?;
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
 
-/// Binds `addr` and serves in the background; returns the bound address.
+/// Binds `addr` and serves in the background; returns the bound address. A bad configuration
+/// (`from_redis` that is not a Redis URL) is an error here, before anything is served.
 pub async fn spawn(
     addr: SocketAddr,
     cfg: SimConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    let app = app(cfg).map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = serve(listener, cfg, shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
             tracing::error!(error = %e, "simulator stopped");
         }
     });
@@ -381,6 +403,28 @@ fn normal_answer(cfg: &SimConfig, instance: &str) -> (Vec<data::SimSession>, u64
     )
 }
 
+/// The sessions `instance` has now: generated, or the real server's with `from_redis`.
+async fn sessions_now(
+    st: &SimState,
+    cfg: &SimConfig,
+    instance: &str,
+) -> Result<Vec<data::SimSession>, Response> {
+    let Some(redis) = &st.redis else {
+        return Ok(normal_answer(cfg, instance).0);
+    };
+    match redis.client_list(Duration::from_secs(5)).await {
+        Ok((text, own_id)) => Ok(data::from_client_list(&text, redis.node_id(), own_id)),
+        Err(e) => {
+            tracing::warn!(error = %e, "--from-redis: CLIENT LIST failed");
+            Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The Redis server behind the simulator did not answer.",
+            ))
+        }
+    }
+}
+
 async fn api(
     State(st): State<Arc<SimState>>,
     method: Method,
@@ -424,7 +468,10 @@ async fn api(
         }
     }
     let cfg = lock(&st.cfg).clone();
-    let (sessions, _) = normal_answer(&cfg, &instance);
+    let sessions = match sessions_now(&st, &cfg, &instance).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
     let total = sessions.len() as u64;
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
     match fault {
@@ -484,7 +531,10 @@ async fn current_answer(
     _h: HeaderMap,
 ) -> Response {
     let cfg = lock(&st.cfg).clone();
-    let (sessions, _) = normal_answer(&cfg, &instance);
+    let sessions = match sessions_now(&st, &cfg, &instance).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
     json_ok(data::answer(
         &sessions,
         sessions.len() as u64,

@@ -1,0 +1,587 @@
+//! End to end against real Redis servers (Debian's `redis-server`, started here on free loopback
+//! ports): the real binary with `source = "direct"` must report exactly the clients this test
+//! opens, leave its own connection out, label sessions by node in a cluster, classify auth and
+//! permission failures, and agree with the DAS path fed by `simulate --from-redis`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `redis-server` on a loopback port in its own temp dir; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port whose cluster-bus port (+10000) is free too.
+fn free_port() -> u16 {
+    for _ in 0..200 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair");
+}
+
+impl Redis {
+    fn start(extra: &[&str]) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let sock = dir.path().join("redis.sock");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--unixsocket")
+            .arg(&sock)
+            .args(["--unixsocketperm", "700"])
+            .args(extra)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "redis-server is required for these tests (run scripts/test.sh, or \
+                 `apt-get install redis-server`): {e}"
+            )
+        });
+        let r = Redis { child, port, dir };
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(r.addr()) {
+                if command(&mut s, &["PING"]).contains("PONG") {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "redis-server did not start on {}",
+                r.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// A client that has sent `cmds` (without waiting for the replies of the last one).
+    fn client(&self, cmds: &[&[&str]]) -> TcpStream {
+        let mut s = TcpStream::connect(self.addr()).unwrap();
+        for c in cmds {
+            send(&mut s, c);
+        }
+        s
+    }
+
+    /// Runs one admin command on a short-lived connection; returns the raw reply.
+    fn admin(&self, args: &[&str]) -> String {
+        let mut s = TcpStream::connect(self.addr()).unwrap();
+        command(&mut s, args)
+    }
+}
+
+fn send(s: &mut impl Write, args: &[&str]) {
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(out.as_bytes()).unwrap();
+}
+
+/// Sends a command and reads what arrives within a moment (enough for one small reply).
+fn command(s: &mut TcpStream, args: &[&str]) -> String {
+    send(s, args);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// `metric`'s series of `instance`, keyed by the labels after `instance_id` (`""` when none).
+fn by_labels(text: &str, metric: &str, instance: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("{metric}{{instance_id=\"{instance}\"");
+    series_of(text, metric, instance)
+        .into_iter()
+        .map(|(k, v)| {
+            let rest = k[prefix.len()..]
+                .trim_start_matches(',')
+                .trim_end_matches('}');
+            (rest.to_owned(), v)
+        })
+        .collect()
+}
+
+fn map(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn direct_config(instances: &str) -> String {
+    format!(
+        "[das]\ntimeout = \"5s\"\n[poll]\ninterval = \"1s\"\nconcurrency = 8\n\
+         max_requests_per_second = 50\n{instances}"
+    )
+}
+
+/// Scrapes until `f` holds or 30 s pass; returns the last scrape.
+async fn scrape_until(
+    (proc_, exporter): (&Proc, SocketAddr),
+    what: &str,
+    f: impl Fn(&str) -> bool,
+) -> String {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape_text(exporter).await;
+        if f(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}; last scrape:\n{text}\nexporter output:\n{}",
+            proc_.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The client shapes of the main test, and every figure they must produce.
+struct Shapes {
+    _tcp: Vec<TcpStream>,
+    _unix: UnixStream,
+}
+
+fn open_shapes(r: &Redis) -> Shapes {
+    let mut tcp = Vec::new();
+    for _ in 0..3 {
+        tcp.push(r.client(&[&["CLIENT", "SETNAME", "idle-pool"]]));
+    }
+    tcp.push(r.client(&[&["CLIENT", "SETNAME", "cron=job"]]));
+    for _ in 0..2 {
+        tcp.push(r.client(&[&["SELECT", "3"], &["CLIENT", "SETNAME", "db3"]]));
+    }
+    tcp.push(r.client(&[&["CLIENT", "SETNAME", "sub"], &["SUBSCRIBE", "ch1", "ch2"]]));
+    tcp.push(r.client(&[&["CLIENT", "SETNAME", "psub"], &["PSUBSCRIBE", "p*"]]));
+    tcp.push(r.client(&[&["CLIENT", "SETNAME", "blpop"], &["BLPOP", "nolist", "0"]]));
+    tcp.push(r.client(&[
+        &["CLIENT", "SETNAME", "multi"],
+        &["MULTI"],
+        &["SET", "a", "1"],
+        &["INCR", "b"],
+    ]));
+    tcp.push(r.client(&[&["CLIENT", "SETNAME", "monitor"], &["MONITOR"]]));
+    let mut unix = UnixStream::connect(r.socket()).unwrap();
+    send(&mut unix, &["CLIENT", "SETNAME", "unix-client"]);
+    Shapes {
+        _tcp: tcp,
+        _unix: unix,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_figure_matches_the_clients_opened() {
+    let r = Redis::start(&[]);
+    let shapes = open_shapes(&r);
+    let node = format!("127.0.0.1:{}", r.port);
+    let sock = r.socket().display().to_string();
+    let (exporter_proc, exporter) = start_exporter(
+        &direct_config(&format!(
+            "[[instances]]\nid = \"r-direct\"\nsource = \"direct\"\n\
+             address = \"redis://127.0.0.1:{}\"\ndb = 3\n",
+            r.port
+        )),
+        &[],
+    );
+    let id = "r-direct";
+    let text = scrape_until((&exporter_proc, exporter), "12 sessions", |t| {
+        by_labels(t, "redis_sessions_by_client_name", id).len() == 9
+            && by_labels(t, "redis_sessions", id).values().sum::<f64>() == 12.0
+            && by_labels(t, "redis_sessions_in_transaction", id)
+                .values()
+                .sum::<f64>()
+                == 1.0
+    })
+    .await;
+    let n = |name: &str| by_labels(&text, name, id);
+
+    assert_eq!(n("redis_session_up"), map(&[("", 1.0)]));
+    assert_eq!(
+        n("redis_sessions"),
+        map(&[(&format!("node_id=\"{node}\""), 12.0)]),
+        "the exporter's own connection is not counted"
+    );
+    assert_eq!(
+        n("redis_sessions_by_client_name"),
+        map(&[
+            ("client_name=\"blpop\"", 1.0),
+            ("client_name=\"cron=job\"", 1.0),
+            ("client_name=\"db3\"", 2.0),
+            ("client_name=\"idle-pool\"", 3.0),
+            ("client_name=\"monitor\"", 1.0),
+            ("client_name=\"multi\"", 1.0),
+            ("client_name=\"psub\"", 1.0),
+            ("client_name=\"sub\"", 1.0),
+            ("client_name=\"unix-client\"", 1.0),
+        ])
+    );
+    assert_eq!(
+        n("redis_sessions_by_db"),
+        map(&[("db=\"0\"", 10.0), ("db=\"3\"", 2.0)])
+    );
+    assert_eq!(
+        n("redis_sessions_by_source"),
+        map(&[
+            ("source=\"127.0.0.1\"", 11.0),
+            (&format!("source=\"{sock}\""), 1.0)
+        ])
+    );
+    assert_eq!(
+        n("redis_sessions_by_command"),
+        map(&[
+            ("command=\"blpop\"", 1.0),
+            ("command=\"client|setname\"", 7.0),
+            ("command=\"incr\"", 1.0),
+            ("command=\"monitor\"", 1.0),
+            ("command=\"psubscribe\"", 1.0),
+            ("command=\"subscribe\"", 1.0),
+        ])
+    );
+    let flags = n("redis_sessions_by_flag");
+    for (flag, want) in [
+        ("pubsub", 2.0),
+        ("blocked", 1.0),
+        ("multi", 1.0),
+        ("monitor", 1.0),
+        ("unix_socket", 1.0),
+        ("none", 6.0),
+        ("unknown", 0.0),
+        ("replica", 0.0),
+    ] {
+        assert_eq!(
+            flags[&format!("flag=\"{flag}\"")],
+            want,
+            "flag {flag}: {flags:?}"
+        );
+    }
+    assert_eq!(
+        n("redis_sessions_subscriptions"),
+        map(&[
+            ("kind=\"channel\"", 2.0),
+            ("kind=\"pattern\"", 1.0),
+            ("kind=\"shard\"", 0.0)
+        ])
+    );
+    assert_eq!(n("redis_sessions_in_transaction"), map(&[("", 1.0)]));
+    // Direct-only families.
+    assert_eq!(
+        n("redis_sessions_by_user"),
+        map(&[("user=\"default\"", 12.0)])
+    );
+    assert_eq!(
+        n("redis_sessions_by_library").values().sum::<f64>(),
+        12.0,
+        "{:?}",
+        n("redis_sessions_by_library")
+    );
+    assert_eq!(
+        n("redis_session_total_memory_bytes_gcount"),
+        map(&[("", 12.0)])
+    );
+    assert!(n("redis_session_total_memory_bytes_gsum")[""] > 12.0 * 1000.0);
+    assert_eq!(n("redis_session_idle_seconds_gcount"), map(&[("", 12.0)]));
+
+    // The exporter's connection is there, named, and reused across polls (one connection).
+    let list = r.admin(&["CLIENT", "LIST"]);
+    assert_eq!(
+        list.matches("name=redis-session-exporter ").count(),
+        1,
+        "{list}"
+    );
+
+    // Closing the clients makes their series go away.
+    drop(shapes);
+    let text = scrape_until((&exporter_proc, exporter), "the clients to go", |t| {
+        by_labels(t, "redis_sessions_by_client_name", id).is_empty()
+    })
+    .await;
+    assert!(by_labels(&text, "redis_sessions", id).is_empty(), "{text}");
+    assert!(by_labels(&text, "redis_sessions_by_db", id).is_empty());
+    assert!(by_labels(&text, "redis_sessions_by_source", id).is_empty());
+    assert_eq!(by_labels(&text, "redis_session_up", id), map(&[("", 1.0)]));
+    drop(exporter_proc);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acl_user_wrong_password_and_missing_permission() {
+    let r = Redis::start(&[]);
+    let ok = r.admin(&[
+        "ACL",
+        "SETUSER",
+        "exporter",
+        "on",
+        ">s3cret-pw",
+        "+client|list",
+        "+client|setname",
+        "+client|id",
+        "+cluster|nodes",
+    ]);
+    assert!(ok.contains("OK"), "{ok}");
+    let ok = r.admin(&["ACL", "SETUSER", "weak", "on", ">weak-pw", "+ping"]);
+    assert!(ok.contains("OK"), "{ok}");
+    let _app = r.client(&[&["CLIENT", "SETNAME", "app"]]);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    };
+    let good = write("good", "s3cret-pw\n");
+    let bad = write("bad", "not-the-password\n");
+    let weak = write("weak", "weak-pw");
+    let inst = |id: &str, user: &str, file: &str| {
+        format!(
+            "[[instances]]\nid = \"{id}\"\nsource = \"direct\"\naddress = \"redis://127.0.0.1:{}\"\n\
+             username = \"{user}\"\npassword_file = \"{file}\"\n",
+            r.port
+        )
+    };
+    let cfg = direct_config(&format!(
+        "{}{}{}",
+        inst("r-good", "exporter", &good),
+        inst("r-bad", "exporter", &bad),
+        inst("r-weak", "weak", &weak)
+    ));
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    let text = scrape_until((&exporter_proc, exporter), "all three polled", |t| {
+        by_labels(t, "redis_session_up", "r-good").get("") == Some(&1.0)
+            && by_labels(t, "redis_session_exporter_poll_errors_total", "r-bad")
+                .contains_key("code=\"auth\"")
+            && by_labels(t, "redis_session_exporter_poll_errors_total", "r-weak")
+                .contains_key("code=\"noperm\"")
+    })
+    .await;
+    // The app client is there; the exporter's own connections (user `exporter`, named) are not.
+    // (r-weak's connection may show up as user `weak`: that user may not even name itself.)
+    let users = by_labels(&text, "redis_sessions_by_user", "r-good");
+    assert_eq!(users.get("user=\"default\""), Some(&1.0), "{users:?}");
+    assert!(!users.contains_key("user=\"exporter\""), "{users:?}");
+    assert_eq!(
+        by_labels(&text, "redis_session_up", "r-bad"),
+        map(&[("", 0.0)])
+    );
+    assert_eq!(
+        by_labels(&text, "redis_session_up", "r-weak"),
+        map(&[("", 0.0)])
+    );
+    let out = exporter_proc.output();
+    for secret in ["s3cret-pw", "not-the-password", "weak-pw"] {
+        assert!(!out.contains(secret), "secret in the log:\n{out}");
+        assert!(!text.contains(secret));
+    }
+}
+
+#[test]
+fn config_errors_name_the_keys() {
+    let cases = [
+        ("source = \"direct\"\n", "instances[0].address"),
+        (
+            "source = \"direct\"\naddress = \"http://x:1\"\n",
+            "instances[0].address",
+        ),
+        (
+            "source = \"direct\"\naddress = \"redis://h:1\"\npassword_file = \"/nonexistent/pw\"\n",
+            "instances[0].password_file",
+        ),
+        (
+            "source = \"direct\"\naddress = \"redis://h:1\"\nnodes = [\"h:2\"]\ncluster = true\n",
+            "instances[0].cluster",
+        ),
+        ("address = \"redis://h:1\"\n", "instances[0].address"),
+        ("source = \"carrier-pigeon\"\n", "instances"),
+    ];
+    for (body, key) in cases {
+        let mut p = spawn(
+            &["check-config", "--config", "c.toml"],
+            &[],
+            &[("c.toml", &format!("[[instances]]\nid = \"a\"\n{body}"))],
+        );
+        let status = p.child.wait().unwrap();
+        assert!(!status.success(), "{body}: accepted\n{}", p.output());
+        p.wait_for_line(&format!("`{key}"), Duration::from_secs(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_nodes_are_found_and_labelled() {
+    let nodes: Vec<Redis> = (0..3)
+        .map(|i| {
+            Redis::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{i}.conf"),
+            ])
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let mut create = Command::new("redis-cli");
+    create
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null());
+    let out = create
+        .output()
+        .unwrap_or_else(|e| panic!("redis-cli is required (apt-get install redis-tools): {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Wait until every node knows the other two.
+    let end = Instant::now() + Duration::from_secs(30);
+    while !nodes
+        .iter()
+        .all(|n| n.admin(&["CLUSTER", "NODES"]).matches("master").count() == 3)
+    {
+        assert!(Instant::now() < end, "cluster did not form");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 1, 2 and 3 clients on the three nodes.
+    let mut clients = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for _ in 0..=i {
+            clients.push(n.client(&[&["CLIENT", "SETNAME", &format!("on-{i}")]]));
+        }
+    }
+    let (exporter_proc, exporter) = start_exporter(
+        &direct_config(&format!(
+            "[[instances]]\nid = \"r-cluster\"\nsource = \"direct\"\naddress = \"redis://{}\"\ncluster = true\n",
+            addrs[1]
+        )),
+        &[],
+    );
+    let want: BTreeMap<String, f64> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("node_id=\"{a}\""), (i + 1) as f64))
+        .collect();
+    let text = scrape_until((&exporter_proc, exporter), "sessions on every node", |t| {
+        by_labels(t, "redis_sessions", "r-cluster") == want
+    })
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_sessions_by_client_name", "r-cluster"),
+        map(&[
+            ("client_name=\"on-0\"", 1.0),
+            ("client_name=\"on-1\"", 2.0),
+            ("client_name=\"on-2\"", 3.0)
+        ])
+    );
+    // A server without cluster support, asked with cluster = true, says so.
+    let plain = Redis::start(&[]);
+    let (_p2, exporter2) = start_exporter(
+        &direct_config(&format!(
+            "[[instances]]\nid = \"r-plain\"\nsource = \"direct\"\naddress = \"redis://127.0.0.1:{}\"\ncluster = true\n",
+            plain.port
+        )),
+        &[],
+    );
+    scrape_until((&_p2, exporter2), "code=cluster", |t| {
+        by_labels(t, "redis_session_exporter_poll_errors_total", "r-plain")
+            .contains_key("code=\"cluster\"")
+    })
+    .await;
+    drop(clients);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn das_path_from_redis_reports_the_same_figures() {
+    let r = Redis::start(&[]);
+    let _shapes = open_shapes(&r);
+    let sim = spawn(
+        &[
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--from-redis",
+            &format!("redis://127.0.0.1:{}", r.port),
+        ],
+        &[],
+        &[],
+    );
+    let line = sim.wait_for_line("listening on http://", Duration::from_secs(20));
+    let sim_addr = line.rsplit("http://").next().unwrap().trim_end_matches('/');
+    let cfg = format!(
+        "[das]\nendpoint = \"http://{sim_addr}\"\ntimeout = \"5s\"\n[poll]\ninterval = \"1s\"\n\
+         [[instances]]\nid = \"r-das\"\n\
+         [[instances]]\nid = \"r-direct\"\nsource = \"direct\"\naddress = \"redis://127.0.0.1:{}\"\n",
+        r.port
+    );
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    const SAME: &[&str] = &[
+        "redis_sessions",
+        "redis_sessions_reported",
+        "redis_sessions_by_source",
+        "redis_sessions_by_command",
+        "redis_sessions_by_db",
+        "redis_sessions_by_flag",
+        "redis_sessions_by_client_name",
+        "redis_sessions_subscriptions",
+        "redis_sessions_in_transaction",
+        "redis_session_idle_seconds_gcount",
+        "redis_session_query_buffer_bytes_gcount",
+    ];
+    let text = scrape_until((&exporter_proc, exporter), "both paths to agree", |t| {
+        by_labels(t, "redis_sessions", "r-direct")
+            .values()
+            .sum::<f64>()
+            == 12.0
+            && SAME.iter().all(|m| {
+                let das = by_labels(t, m, "r-das");
+                let mut direct = by_labels(t, m, "r-direct");
+                // Shard subscriptions are a direct-only series.
+                direct.remove("kind=\"shard\"");
+                das == direct
+            })
+    })
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_sessions", "r-das")
+            .values()
+            .sum::<f64>(),
+        12.0
+    );
+    assert!(
+        by_labels(&text, "redis_sessions_by_user", "r-das").is_empty(),
+        "direct-only families stay direct-only"
+    );
+}
