@@ -60,8 +60,14 @@ pub async fn run(
     let addr = listener.local_addr()?;
 
     let store = Arc::new(Store::new());
-    let source: Arc<dyn Source> =
-        Arc::new(DasClient::new(&cfg.das, credentials).context("building the HTTP client")?);
+    let source: Arc<dyn Source> = Arc::new(
+        DasClient::new(&cfg.das, credentials.clone()).context("building the HTTP client")?,
+    );
+    tokio::spawn(publish_credential_health(
+        credentials.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
     let (tx, rx) = mpsc::channel(16);
     let control = tokio::spawn(control_loop(
         cfg.clone(),
@@ -179,6 +185,45 @@ fn publish_reload_status(store: &Store, ok: bool) {
         w.finish()
     });
     store.publish_global("reload", blocks);
+}
+
+/// Publishes the credential provider's health (expiry, error counts) each time it changes; a
+/// one-second look is cheap and keeps providers free of any knowledge of the store.
+async fn publish_credential_health(
+    credentials: Arc<dyn CredentialProvider>,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let rows = credentials.health();
+        if last.as_ref() == Some(&rows) {
+            continue;
+        }
+        let blocks = Format::ALL.map(|fmt| {
+            let mut w = BlockWriter::new(fmt, None);
+            for r in &rows {
+                if let Some(t) = r.expiry {
+                    let unix = t
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    w.gauge(Fam::CredentialsExpiry, &[("provider", r.provider)], unix);
+                }
+            }
+            for r in &rows {
+                w.counter(Fam::CredentialErrors, &[("provider", r.provider)], r.errors);
+            }
+            w.finish()
+        });
+        store.publish_global("credentials", blocks);
+        last = Some(rows);
+    }
 }
 
 #[cfg(unix)]

@@ -41,10 +41,14 @@ impl Chain {
             Err(e) if get(super::ENV_ACCESS_KEY_ID).is_some() => Err(e),
             Err(_) => Ok(None),
         });
-        add(oidc::OidcParams::from_env(get)
-            .and_then(|p| p.map(|p| Spec::Oidc(p).build("oidc", settings, get)).transpose()));
+        add(oidc::OidcParams::from_env(get).and_then(|p| {
+            p.map(|p| Spec::Oidc(p).build("oidc", settings, get))
+                .transpose()
+        }));
         add(match profile::path(settings).filter(|p| p.is_file()) {
-            Some(path) => profile::load(&path, get).and_then(|s| s.build("profile", settings, get).map(Some)),
+            Some(path) => {
+                profile::load(&path, get).and_then(|s| s.build("profile", settings, get).map(Some))
+            }
             None => Ok(None),
         });
         add(match file::path(settings, get) {
@@ -94,11 +98,16 @@ impl Chain {
         }
         self.errors.fetch_add(1, Ordering::Relaxed);
         if reasons.is_empty() {
-            reasons.push("no provider is configured (and the ECS metadata service is disabled)".into());
+            reasons.push(
+                "no provider is configured (and the ECS metadata service is disabled)".into(),
+            );
         }
         Err(CredentialError::not_configured(
             "default",
-            format!("no credentials in the default chain: {}", reasons.join("; ")),
+            format!(
+                "no credentials in the default chain: {}",
+                reasons.join("; ")
+            ),
         ))
     }
 }
@@ -155,7 +164,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k: &str| m.get(k).cloned()
     }
 
@@ -169,7 +181,11 @@ mod tests {
         )
         .unwrap();
         std::fs::create_dir_all(home.path().join(".alibabacloud")).unwrap();
-        std::fs::write(home.path().join(".alibabacloud/credentials"), "[default]\ntype = access_key\n").unwrap();
+        std::fs::write(
+            home.path().join(".alibabacloud/credentials"),
+            "[default]\ntype = access_key\n",
+        )
+        .unwrap();
         let get = env(&[
             ("ALIBABA_CLOUD_ACCESS_KEY_ID", "id"),
             ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "s"),
@@ -180,7 +196,11 @@ mod tests {
         let c = Chain::from_env(&settings(Some(home.path())), &get);
         assert_eq!(c.candidates(), ["env", "oidc", "profile", "ecs_ram_role"]);
         assert_eq!(c.broken.len(), 1, "the INI file lacks keys: {:?}", c.broken);
-        assert!(c.broken[0].contains("missing key access_key_id"), "{:?}", c.broken);
+        assert!(
+            c.broken[0].contains("missing key access_key_id"),
+            "{:?}",
+            c.broken
+        );
 
         let get = env(&[("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")]);
         let c = Chain::from_env(&settings(None), &get);
@@ -198,15 +218,35 @@ mod tests {
         assert_eq!(c.name(), "default");
         assert_eq!(c.credentials().await.unwrap().access_key_id, "id");
         assert_eq!(c.name(), "env");
-        assert_eq!(c.health(), vec![Health { provider: "env", expiry: None, errors: 0 }]);
+        assert_eq!(
+            c.health(),
+            vec![Health {
+                provider: "env",
+                expiry: None,
+                errors: 0
+            }]
+        );
     }
 
     #[tokio::test]
     async fn nothing_found_is_an_error_that_says_why() {
-        let get = env(&[("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"), ("ALIBABA_CLOUD_ACCESS_KEY_ID", "id")]);
+        let get = env(&[
+            ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "id"),
+        ]);
         let c = Chain::from_env(&settings(None), &get);
         let e = c.credentials().await.unwrap_err().to_string();
-        assert!(e.contains("ALIBABA_CLOUD_ACCESS_KEY_SECRET is not set"), "{e}");
-        assert_eq!(c.health()[0], Health { provider: "default", expiry: None, errors: 1 });
+        assert!(
+            e.contains("ALIBABA_CLOUD_ACCESS_KEY_SECRET is not set"),
+            "{e}"
+        );
+        assert_eq!(
+            c.health()[0],
+            Health {
+                provider: "default",
+                expiry: None,
+                errors: 1
+            }
+        );
     }
 }

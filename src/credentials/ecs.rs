@@ -58,7 +58,10 @@ struct MetadataCredentials {
 }
 
 /// Reads the credentials document of a role. Pure.
-pub fn parse_credentials(provider: &'static str, body: &[u8]) -> Result<Credentials, CredentialError> {
+pub fn parse_credentials(
+    provider: &'static str,
+    body: &[u8],
+) -> Result<Credentials, CredentialError> {
     let fail = |r: &str| CredentialError::failed(provider, format!("metadata service: {r}"));
     let doc: MetadataCredentials =
         serde_json::from_slice(body).map_err(|_| fail("the credentials document is not JSON"))?;
@@ -108,7 +111,10 @@ impl EcsFetcher {
         role: Option<String>,
     ) -> Result<Self, CredentialError> {
         let http = reqwest::Client::builder()
-            .user_agent(concat!("redis-session-exporter/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "redis-session-exporter/",
+                env!("CARGO_PKG_VERSION")
+            ))
             // Never through a proxy: the service is link-local to this VM.
             .no_proxy()
             .connect_timeout(TIMEOUT)
@@ -128,13 +134,24 @@ impl EcsFetcher {
         req: reqwest::RequestBuilder,
         what: &str,
     ) -> Result<bytes::Bytes, CredentialError> {
-        let fail = |r: String| CredentialError::failed(self.name, format!("metadata service, {what}: {r}"));
-        let resp = req.send().await.map_err(|e| fail(e.without_url().to_string()))?;
+        let fail = |r: String| {
+            CredentialError::failed(self.name, format!("metadata service, {what}: {r}"))
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| fail(e.without_url().to_string()))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| fail(e.without_url().to_string()))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(e.without_url().to_string()))?;
         match status {
             s if s.is_success() => Ok(body),
-            StatusCode::NOT_FOUND => Err(fail("HTTP 404 (no RAM role attached to this instance, or the role name is wrong)".into())),
+            StatusCode::NOT_FOUND => Err(fail(
+                "HTTP 404 (no RAM role attached to this instance, or the role name is wrong)"
+                    .into(),
+            )),
             s => Err(fail(format!("HTTP {}", s.as_u16()))),
         }
     }
@@ -173,12 +190,16 @@ impl Fetch for EcsFetcher {
                         .find(|l| !l.is_empty())
                         .map(str::to_owned)
                         .ok_or_else(|| {
-                            CredentialError::failed(self.name, "no RAM role is attached to this instance")
+                            CredentialError::failed(
+                                self.name,
+                                "no RAM role is attached to this instance",
+                            )
                         })?
                 }
             };
             let role_path: String =
-                percent_encoding::utf8_percent_encode(&role, percent_encoding::NON_ALPHANUMERIC).to_string();
+                percent_encoding::utf8_percent_encode(&role, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
             let body = self
                 .call(
                     self.http
@@ -199,18 +220,26 @@ mod tests {
     #[test]
     fn documents() {
         let ok = br#"{"Code":"Success","AccessKeyId":"STS.x","AccessKeySecret":"s","SecurityToken":"t","Expiration":"2030-01-01T00:00:00Z","LastUpdated":"2029-12-31T18:00:00Z"}"#;
-        assert_eq!(parse_credentials("ecs_ram_role", ok).unwrap().access_key_id, "STS.x");
+        assert_eq!(
+            parse_credentials("ecs_ram_role", ok).unwrap().access_key_id,
+            "STS.x"
+        );
         let e = parse_credentials("ecs_ram_role", br#"{"Code":"Failed"}"#).unwrap_err();
         assert!(e.to_string().contains("Failed"), "{e}");
-        let e = parse_credentials("ecs_ram_role", br#"{"Code":"Success","AccessKeyId":"a"}"#).unwrap_err();
+        let e = parse_credentials("ecs_ram_role", br#"{"Code":"Success","AccessKeyId":"a"}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
         assert!(parse_credentials("ecs_ram_role", b"<html>").is_err());
     }
 
     #[test]
     fn disabled_flag() {
-        assert!(disabled(&|k: &str| (k == ENV_ECS_METADATA_DISABLED).then(|| "TRUE".into())));
-        assert!(!disabled(&|k: &str| (k == ENV_ECS_METADATA_DISABLED).then(|| "false".into())));
+        assert!(disabled(
+            &|k: &str| (k == ENV_ECS_METADATA_DISABLED).then(|| "TRUE".into())
+        ));
+        assert!(!disabled(
+            &|k: &str| (k == ENV_ECS_METADATA_DISABLED).then(|| "false".into())
+        ));
         assert!(!disabled(&|_: &str| None));
     }
 }

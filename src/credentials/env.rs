@@ -33,4 +33,3 @@ pub fn from_env_with(
         "env",
     ))
 }
-

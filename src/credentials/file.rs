@@ -158,7 +158,9 @@ access_key_id = LTAIhalf
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse(FILE, "vm").unwrap(), Spec::EcsRamRole { role: Some(r) } if r == "exporter-role"));
+        assert!(
+            matches!(parse(FILE, "vm").unwrap(), Spec::EcsRamRole { role: Some(r) } if r == "exporter-role")
+        );
         match parse(FILE, "k8s").unwrap() {
             Spec::Oidc(p) => {
                 assert_eq!(p.token_file, PathBuf::from("/var/run/token"));
@@ -170,13 +172,29 @@ access_key_id = LTAIhalf
 
     #[test]
     fn clear_errors() {
-        assert_eq!(parse(FILE, "half").unwrap_err(), "[half]: missing key access_key_secret");
+        assert_eq!(
+            parse(FILE, "half").unwrap_err(),
+            "[half]: missing key access_key_secret"
+        );
         assert!(parse(FILE, "assume").unwrap_err().contains("not supported"));
         assert_eq!(parse(FILE, "nope").unwrap_err(), "no section [nope]");
-        let e = parse("[default]\ntype = access_key\naccess_key_secret hunter2\n", "default").unwrap_err();
+        let e = parse(
+            "[default]\ntype = access_key\naccess_key_secret hunter2\n",
+            "default",
+        )
+        .unwrap_err();
         assert_eq!(e, "line 3: expected `key = value` or `[section]`");
-        assert_eq!(parse("[default\n", "default").unwrap_err(), "line 1: malformed section header");
-        assert_eq!(parse("k = v\n", "default").unwrap_err(), "line 1: a key before any [section]");
-        assert_eq!(parse("[default]\n", "default").unwrap_err(), "[default]: missing key type");
+        assert_eq!(
+            parse("[default\n", "default").unwrap_err(),
+            "line 1: malformed section header"
+        );
+        assert_eq!(
+            parse("k = v\n", "default").unwrap_err(),
+            "line 1: a key before any [section]"
+        );
+        assert_eq!(
+            parse("[default]\n", "default").unwrap_err(),
+            "[default]: missing key type"
+        );
     }
 }

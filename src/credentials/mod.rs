@@ -21,7 +21,9 @@ pub mod oidc;
 pub mod profile;
 pub mod refresh;
 
-pub use env::{from_env, from_env_with, ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET, ENV_SECURITY_TOKEN};
+pub use env::{
+    from_env, from_env_with, ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET, ENV_SECURITY_TOKEN,
+};
 
 use std::fmt;
 use std::future::Future;
@@ -365,8 +367,7 @@ pub fn normalize_endpoint(s: &str) -> Result<String, String> {
 /// `RoleSessionName` as STS accepts it: 2 to 64 of `[A-Za-z0-9._@-]`.
 pub fn check_role_session_name(s: &str) -> Result<(), String> {
     let ok = (2..=64).contains(&s.len())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
     if ok {
         Ok(())
@@ -429,7 +430,9 @@ pub enum Spec {
         token: Option<SecretString>,
     },
     /// `role: None` asks the metadata service which role is attached.
-    EcsRamRole { role: Option<String> },
+    EcsRamRole {
+        role: Option<String>,
+    },
     Oidc(oidc::OidcParams),
 }
 
@@ -482,6 +485,8 @@ pub fn from_config_with(
     get: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
     let settings = Settings::resolve(cfg, get)?;
+    tracing::debug!(provider = %cfg.provider, sts = %settings.sts_endpoint,
+        metadata = %settings.ecs_metadata_endpoint, "building the credential provider");
     match cfg.provider.as_str() {
         "default" => Ok(Arc::new(chain::Chain::from_env(&settings, get))),
         "env" => Ok(Arc::new(from_env_with(get)?)),

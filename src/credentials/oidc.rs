@@ -137,7 +137,10 @@ pub fn parse_answer(
             expiration: Some(parse_expiration(&c.expiration).ok_or_else(|| {
                 CredentialError::failed(
                     provider,
-                    format!("STS answered an unreadable Expiration {:?}", clean(&c.expiration)),
+                    format!(
+                        "STS answered an unreadable Expiration {:?}",
+                        clean(&c.expiration)
+                    ),
                 )
             })?),
         }),
@@ -186,7 +189,10 @@ impl OidcFetcher {
         session_name: &str,
     ) -> Result<Self, CredentialError> {
         let http = reqwest::Client::builder()
-            .user_agent(concat!("redis-session-exporter/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "redis-session-exporter/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .build()
@@ -195,8 +201,9 @@ impl OidcFetcher {
             .role_session_name
             .take()
             .unwrap_or_else(|| session_name.to_owned());
-        super::check_role_session_name(&session_name)
-            .map_err(|r| CredentialError::not_configured(name, format!("role_session_name: {r}")))?;
+        super::check_role_session_name(&session_name).map_err(|r| {
+            CredentialError::not_configured(name, format!("role_session_name: {r}"))
+        })?;
         Ok(Self {
             name,
             http,
@@ -245,7 +252,10 @@ impl Fetch for OidcFetcher {
                 .await
                 .map_err(|e| {
                     // Without the URL: reqwest's Display would include it.
-                    CredentialError::failed(self.name, format!("STS request failed: {}", e.without_url()))
+                    CredentialError::failed(
+                        self.name,
+                        format!("STS request failed: {}", e.without_url()),
+                    )
                 })?;
             let status = resp.status().as_u16();
             let body = resp.bytes().await.map_err(|e| {
@@ -280,7 +290,10 @@ mod tests {
         );
         assert!(f.contains("RoleArn=acs%3Aram%3A%3A123%3Arole%2Fr"), "{f}");
         assert!(f.contains("OIDCToken=eyJ.tok%2Ben"), "{f}");
-        assert!(f.contains("RoleSessionName=sess&DurationSeconds=3600"), "{f}");
+        assert!(
+            f.contains("RoleSessionName=sess&DurationSeconds=3600"),
+            "{f}"
+        );
         assert!(!q.contains("Signature") && !f.contains("AccessKeyId"));
     }
 
@@ -290,7 +303,10 @@ mod tests {
         assert!(OidcParams::from_env(&none).unwrap().is_none());
         let some = |k: &str| (k == ENV_ROLE_ARN).then(|| "arn".to_owned());
         let e = OidcParams::from_env(&some).unwrap_err().to_string();
-        assert!(e.contains(ENV_OIDC_TOKEN_FILE) && e.contains(ENV_OIDC_PROVIDER_ARN), "{e}");
+        assert!(
+            e.contains(ENV_OIDC_TOKEN_FILE) && e.contains(ENV_OIDC_PROVIDER_ARN),
+            "{e}"
+        );
     }
 
     #[test]
@@ -302,8 +318,11 @@ mod tests {
             c.expiration,
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000))
         );
-        let err = br#"{"Code":"AuthenticationFail.OIDCToken.Invalid","Message":"bad token eyJsecret"}"#;
-        let e = parse_answer("oidc", 400, err, &["eyJsecret"]).unwrap_err().to_string();
+        let err =
+            br#"{"Code":"AuthenticationFail.OIDCToken.Invalid","Message":"bad token eyJsecret"}"#;
+        let e = parse_answer("oidc", 400, err, &["eyJsecret"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("AuthenticationFail.OIDCToken.Invalid"), "{e}");
         assert!(!e.contains("eyJsecret"), "{e}");
         assert!(parse_answer("oidc", 502, b"<html>", &[]).is_err());

@@ -67,7 +67,9 @@ pub fn parse(text: &str, wanted: Option<&str>) -> Result<Spec, String> {
     let cfg: CliConfig = serde_json::from_str(text).map_err(|e| {
         // Only the position: serde_json's full message can quote the offending value.
         let what = match e.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "malformed JSON",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "malformed JSON"
+            }
             _ => "unexpected structure",
         };
         format!(
@@ -87,7 +89,10 @@ pub fn parse(text: &str, wanted: Option<&str>) -> Result<Spec, String> {
         .ok_or_else(|| format!("no profile named {name:?}"))?;
     let need = |v: &str, key: &str| {
         if v.trim().is_empty() {
-            Err(format!("profile {name:?} (mode {}): {key} is empty", p.mode))
+            Err(format!(
+                "profile {name:?} (mode {}): {key} is empty",
+                p.mode
+            ))
         } else {
             Ok(v.trim().to_owned())
         }
@@ -153,12 +158,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse(FILE, Some("default")).unwrap(), Spec::AccessKey { token: None, .. }));
+        assert!(matches!(
+            parse(FILE, Some("default")).unwrap(),
+            Spec::AccessKey { token: None, .. }
+        ));
         assert!(matches!(
             parse(FILE, Some("vm")).unwrap(),
             Spec::EcsRamRole { role: Some(r) } if r == "exporter-role"
         ));
-        assert!(matches!(parse(FILE, Some("k8s")).unwrap(), Spec::Oidc(p) if p.role_arn == "acs:ram::1:role/r"));
+        assert!(
+            matches!(parse(FILE, Some("k8s")).unwrap(), Spec::Oidc(p) if p.role_arn == "acs:ram::1:role/r")
+        );
     }
 
     #[test]
@@ -166,10 +176,17 @@ mod tests {
         let e = parse(FILE, Some("nope")).unwrap_err();
         assert!(e.contains("no profile named \"nope\""), "{e}");
         let e = parse(FILE, Some("assume")).unwrap_err();
-        assert!(e.contains("RamRoleArn") && e.contains("not supported"), "{e}");
+        assert!(
+            e.contains("RamRoleArn") && e.contains("not supported"),
+            "{e}"
+        );
         let e = parse(FILE, Some("broken")).unwrap_err();
         assert!(e.contains("access_key_secret is empty"), "{e}");
-        let e = parse("{\"profiles\": [ {\"name\": \"default\", \"access_key_secret\": \"leak-me\" ", None).unwrap_err();
+        let e = parse(
+            "{\"profiles\": [ {\"name\": \"default\", \"access_key_secret\": \"leak-me\" ",
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("not a valid aliyun CLI configuration"), "{e}");
         assert!(e.contains("line"), "{e}");
         assert!(!e.contains("leak-me"), "{e}");

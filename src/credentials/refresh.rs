@@ -182,9 +182,13 @@ impl<F: Fetch> Inner<F> {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 let fallback = self.current_usable(SystemTime::now());
                 match &fallback {
-                    Some(c) => tracing::warn!(provider = name, error = %e, expires = %fmt_time(c.expiration),
-                        "credential refresh failed; the current credentials stay in use until they expire"),
-                    None => tracing::warn!(provider = name, error = %e, "cannot obtain credentials"),
+                    Some(c) => {
+                        tracing::warn!(provider = name, error = %e, expires = %fmt_time(c.expiration),
+                        "credential refresh failed; the current credentials stay in use until they expire")
+                    }
+                    None => {
+                        tracing::warn!(provider = name, error = %e, "cannot obtain credentials")
+                    }
                 }
                 *lock(&self.last_error) = Some(e.clone());
                 (fallback.ok_or(e), false)
@@ -300,11 +304,14 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let fail = Arc::new(AtomicBool::new(false));
         (
-            Refreshing::with_policy(Fake {
-                calls: calls.clone(),
-                fail: fail.clone(),
-                lifetime,
-            }, policy),
+            Refreshing::with_policy(
+                Fake {
+                    calls: calls.clone(),
+                    fail: fail.clone(),
+                    lifetime,
+                },
+                policy,
+            ),
             calls,
             fail,
         )
@@ -404,15 +411,24 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let second = p.credentials().await.unwrap();
-        assert_ne!(first.access_key_id, second.access_key_id, "the refreshed ones are used");
+        assert_ne!(
+            first.access_key_id, second.access_key_id,
+            "the refreshed ones are used"
+        );
         fail.store(true, Ordering::SeqCst);
         let before = calls.load(Ordering::SeqCst);
         while calls.load(Ordering::SeqCst) < before + 4 {
-            assert!(std::time::Instant::now() < end, "no retries after a failure");
+            assert!(
+                std::time::Instant::now() < end,
+                "no retries after a failure"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(p.health()[0].errors >= 3);
         let still = p.credentials().await.unwrap();
-        assert_eq!(still.access_key_id, second.access_key_id, "old credentials stay in use");
+        assert_eq!(
+            still.access_key_id, second.access_key_id,
+            "old credentials stay in use"
+        );
     }
 }
