@@ -187,27 +187,34 @@ fn publish_reload_status(store: &Store, ok: bool) {
     store.publish_global("reload", blocks);
 }
 
-/// Publishes the credential provider's health (expiry, error counts) each time it changes; a
-/// one-second look is cheap and keeps providers free of any knowledge of the store.
+/// Publishes the credential provider's health (expiry, error counts) each time a provider says
+/// it changed, so providers need no knowledge of the store.
 async fn publish_credential_health(
     credentials: Arc<dyn CredentialProvider>,
     store: Arc<Store>,
     shutdown: CancellationToken,
 ) {
     let mut last = None;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
+        let rows = credentials.health();
+        if last.as_ref() != Some(&rows) {
+            publish_credential_rows(&store, &rows);
+            last = Some(rows);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = crate::credentials::health_change() => {}
+            // A backstop only: every change is signalled.
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
         }
-        let rows = credentials.health();
-        if last.as_ref() == Some(&rows) {
-            continue;
-        }
+    }
+}
+
+fn publish_credential_rows(store: &Store, rows: &[crate::credentials::Health]) {
+    {
         let blocks = Format::ALL.map(|fmt| {
             let mut w = BlockWriter::new(fmt, None);
-            for r in &rows {
+            for r in rows {
                 if let Some(t) = r.expiry {
                     let unix = t
                         .duration_since(SystemTime::UNIX_EPOCH)
@@ -216,13 +223,12 @@ async fn publish_credential_health(
                     w.gauge(Fam::CredentialsExpiry, &[("provider", r.provider)], unix);
                 }
             }
-            for r in &rows {
+            for r in rows {
                 w.counter(Fam::CredentialErrors, &[("provider", r.provider)], r.errors);
             }
             w.finish()
         });
         store.publish_global("credentials", blocks);
-        last = Some(rows);
     }
 }
 

@@ -287,7 +287,11 @@ async fn ecs_ram_role_through_imdsv2_refreshes_before_expiry() {
         sim,
         &format!("provider = \"default\"\necs_metadata_endpoint = \"http://{meta}\""),
     );
-    let env = [("HOME", home.path().to_str().unwrap())];
+    // The harness disables the metadata service by default (it must never reach the real one).
+    let env = [
+        ("HOME", home.path().to_str().unwrap()),
+        ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "false"),
+    ];
     let (p, addr) = start(&cfg, &env, &[]);
 
     let text = wait_polls(addr, 2.0).await;

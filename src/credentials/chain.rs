@@ -17,6 +17,8 @@ pub struct Chain {
     candidates: Vec<Arc<dyn CredentialProvider>>,
     /// Why a configured link was unusable from the start (a malformed file, …).
     broken: Vec<String>,
+    /// Why the other links are not in the chain, to say what could be set up.
+    absent: Vec<String>,
     chosen: OnceLock<Arc<dyn CredentialProvider>>,
     walk: tokio::sync::Mutex<()>,
     errors: AtomicU64,
@@ -27,6 +29,7 @@ impl Chain {
     pub fn from_env(settings: &Settings, get: &dyn Fn(&str) -> Option<String>) -> Self {
         let mut candidates: Vec<Arc<dyn CredentialProvider>> = Vec::new();
         let mut broken = Vec::new();
+        let mut absent = Vec::new();
         let mut add = |r: Result<Option<Arc<dyn CredentialProvider>>, CredentialError>| match r {
             Ok(Some(p)) => candidates.push(p),
             Ok(None) => {}
@@ -39,8 +42,14 @@ impl Chain {
             Ok(p) => Ok(Some(Arc::new(p))),
             // Half-set variables deserve a mention; unset ones are simply not this link.
             Err(e) if get(super::ENV_ACCESS_KEY_ID).is_some() => Err(e),
-            Err(_) => Ok(None),
+            Err(e) => {
+                absent.push(e.to_string());
+                Ok(None)
+            }
         });
+        if !oidc::OidcParams::from_env(get).is_ok_and(|p| p.is_some()) {
+            absent.push(format!("oidc: {} is not set", oidc::ENV_ROLE_ARN));
+        }
         add(oidc::OidcParams::from_env(get).and_then(|p| {
             p.map(|p| Spec::Oidc(p).build("oidc", settings, get))
                 .transpose()
@@ -55,9 +64,20 @@ impl Chain {
             Some(path) if path.is_file() || file::named_explicitly(get) => {
                 file::load(&path, get).and_then(|s| s.build("file", settings, get).map(Some))
             }
-            _ => Ok(None),
+            _ => {
+                absent.push(format!(
+                    "file: no ~/.alibabacloud/credentials and {} is not set",
+                    file::ENV_CREDENTIALS_FILE
+                ));
+                Ok(None)
+            }
         });
-        if !ecs::disabled(get) {
+        if ecs::disabled(get) {
+            absent.push(format!(
+                "ecs_ram_role: disabled by {}=true",
+                ecs::ENV_ECS_METADATA_DISABLED
+            ));
+        } else {
             add(Spec::EcsRamRole {
                 role: ecs::role_from_env(get),
             }
@@ -69,6 +89,7 @@ impl Chain {
         Self {
             candidates,
             broken,
+            absent,
             chosen: OnceLock::new(),
             walk: tokio::sync::Mutex::new(()),
             errors: AtomicU64::new(0),
@@ -91,17 +112,15 @@ impl Chain {
                 Ok(c) => {
                     tracing::info!(provider = p.name(), "credentials found");
                     let _ = self.chosen.set(p.clone());
+                    super::health_changed();
                     return Ok(c);
                 }
                 Err(e) => reasons.push(e.to_string()),
             }
         }
         self.errors.fetch_add(1, Ordering::Relaxed);
-        if reasons.is_empty() {
-            reasons.push(
-                "no provider is configured (and the ECS metadata service is disabled)".into(),
-            );
-        }
+        super::health_changed();
+        reasons.extend(self.absent.iter().cloned());
         Err(CredentialError::not_configured(
             "default",
             format!(

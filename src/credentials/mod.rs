@@ -158,6 +158,20 @@ pub struct Health {
     pub errors: u64,
 }
 
+/// Wakes whoever publishes [`CredentialProvider::health`] (one publisher per process).
+static HEALTH_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Providers call this when what [`CredentialProvider::health`] returns has changed.
+pub(crate) fn health_changed() {
+    HEALTH_CHANGED.notify_one();
+}
+
+/// Resolves after the next [`health_changed`] (or at once if one happened since the last call),
+/// so the metrics follow a refresh or a failure without polling.
+pub async fn health_change() {
+    HEALTH_CHANGED.notified().await;
+}
+
 /// The seam: something that can hand out the credentials to sign with right now.
 pub trait CredentialProvider: Send + Sync + fmt::Debug {
     /// Short, stable name used as the `provider` label (`env`, `static`, `oidc`, …).
@@ -318,6 +332,7 @@ impl CredentialProvider for Unavailable {
 
     fn credentials(&self) -> BoxFuture<'_, Result<Arc<Credentials>, CredentialError>> {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        health_changed();
         let e = self.error.clone();
         Box::pin(async move { Err(e) })
     }

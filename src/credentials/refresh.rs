@@ -195,6 +195,7 @@ impl<F: Fetch> Inner<F> {
             }
         };
         self.generation.fetch_add(1, Ordering::SeqCst);
+        super::health_changed();
         result
     }
 
