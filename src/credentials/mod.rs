@@ -300,6 +300,24 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_and_session_names() {
+        assert_eq!(
+            normalize_endpoint("sts-vpc.cn-hangzhou.aliyuncs.com").unwrap(),
+            "https://sts-vpc.cn-hangzhou.aliyuncs.com"
+        );
+        assert_eq!(
+            normalize_endpoint("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in ["ftp://x", "http://", "https://h/path", "a b", ""] {
+            assert!(normalize_endpoint(bad).is_err(), "{bad}");
+        }
+        assert!(check_role_session_name("exporter@ns.pod-1").is_ok());
+        assert!(check_role_session_name("x").is_err());
+        assert!(check_role_session_name("has space").is_err());
+    }
+
+    #[test]
     fn sensitive_strings_cover_encodings() {
         let c = Credentials::new("id", "se/cr=t", Some("to+ken/=".into()));
         let s = c.sensitive_strings();

@@ -247,8 +247,12 @@ impl<F: Fetch> CredentialProvider for Refreshing<F> {
                 return Ok(c);
             }
             let (r, _) = self.inner.refresh(false).await;
-            // Started after the first fetch, so its first sleep is computed from a real expiry.
-            self.ensure_task();
+            // Started after the first success, so its first sleep is computed from a real
+            // expiry, and a provider the chain passed over does not keep retrying in the
+            // background; until then each caller's need drives the (single-flight) fetch.
+            if r.is_ok() {
+                self.ensure_task();
+            }
             r
         })
     }
