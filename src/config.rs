@@ -335,6 +335,26 @@ impl Config {
             "file",
             "ecs_ram_role",
         ];
+        for (key, value) in [
+            ("credentials.sts_endpoint", &self.credentials.sts_endpoint),
+            (
+                "credentials.ecs_metadata_endpoint",
+                &self.credentials.ecs_metadata_endpoint,
+            ),
+        ] {
+            if let Some(Err(reason)) = value.as_deref().map(crate::credentials::normalize_endpoint)
+            {
+                err(key, reason);
+            }
+        }
+        if let Some(Err(reason)) = self
+            .credentials
+            .role_session_name
+            .as_deref()
+            .map(crate::credentials::check_role_session_name)
+        {
+            err("credentials.role_session_name", reason);
+        }
         if !PROVIDERS.contains(&self.credentials.provider.as_str()) {
             err(
                 "credentials.provider",

@@ -74,9 +74,16 @@ pub async fn run_with_web(
 
     let store = Arc::new(Store::new());
     let source: Arc<dyn Source> = Arc::new(crate::source::Router {
-        das: Arc::new(DasClient::new(&cfg.das, credentials).context("building the HTTP client")?),
+        das: Arc::new(
+            DasClient::new(&cfg.das, credentials.clone()).context("building the HTTP client")?,
+        ),
         direct: Arc::new(crate::direct::DirectSource::new()),
     });
+    tokio::spawn(publish_credential_health(
+        credentials.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
     let (tx, rx) = mpsc::channel(16);
     let control = tokio::spawn(control_loop(
         cfg.clone(),
@@ -200,6 +207,51 @@ fn publish_reload_status(store: &Store, ok: bool) {
         w.finish()
     });
     store.publish_global("reload", blocks);
+}
+
+/// Publishes the credential provider's health (expiry, error counts) each time a provider says
+/// it changed, so providers need no knowledge of the store.
+async fn publish_credential_health(
+    credentials: Arc<dyn CredentialProvider>,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let rows = credentials.health();
+        if last.as_ref() != Some(&rows) {
+            publish_credential_rows(&store, &rows);
+            last = Some(rows);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = crate::credentials::health_change() => {}
+            // A backstop only: every change is signalled.
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
+    }
+}
+
+fn publish_credential_rows(store: &Store, rows: &[crate::credentials::Health]) {
+    {
+        let blocks = Format::ALL.map(|fmt| {
+            let mut w = BlockWriter::new(fmt, None);
+            for r in rows {
+                if let Some(t) = r.expiry {
+                    let unix = t
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    w.gauge(Fam::CredentialsExpiry, &[("provider", r.provider)], unix);
+                }
+            }
+            for r in rows {
+                w.counter(Fam::CredentialErrors, &[("provider", r.provider)], r.errors);
+            }
+            w.finish()
+        });
+        store.publish_global("credentials", blocks);
+    }
 }
 
 /// Registers the SIGHUP handler now (before the server announces itself: SIGHUP's default action

@@ -190,7 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "no credentials: every poll will fail with code=\"credentials\"");
-                    Arc::new(credentials::Unavailable(e))
+                    Arc::new(credentials::Unavailable::new(e))
                 }
             };
             let (path, overrides) = (cli.config.clone(), Overrides { listen: cli.listen });

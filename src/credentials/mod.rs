@@ -5,10 +5,31 @@
 //! [`secrecy::SecretString`], whose `Debug` prints `[REDACTED]`, so no log line, error or
 //! `{:?}` can show one by accident; the only way out is an explicit `expose_secret()` at the
 //! point of signing.
+//!
+//! # Layout
+//!
+//! One file per provider, in the order of the official SDKs' default chain:
+//! [`env`] → [`oidc`] (RRSA) → [`profile`] (`aliyun` CLI) → [`file`] (INI) → [`ecs`] (RAM role),
+//! tied together by [`chain`]. Short-lived credentials (STS, ECS) are kept fresh by [`refresh`].
+//! [`from_config`] builds the provider `[credentials]` asks for.
+
+pub mod chain;
+pub mod ecs;
+pub mod env;
+pub mod file;
+pub mod oidc;
+pub mod profile;
+pub mod refresh;
+
+pub use env::{
+    from_env, from_env_with, ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET, ENV_SECURITY_TOKEN,
+};
 
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -101,12 +122,70 @@ pub enum CredentialError {
     Expired { provider: &'static str },
 }
 
+impl CredentialError {
+    /// The provider the error is about (the `provider` label).
+    pub fn provider(&self) -> &'static str {
+        match self {
+            CredentialError::NotConfigured { provider, .. }
+            | CredentialError::Failed { provider, .. }
+            | CredentialError::Expired { provider } => provider,
+        }
+    }
+
+    pub(crate) fn failed(provider: &'static str, reason: impl Into<String>) -> Self {
+        CredentialError::Failed {
+            provider,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn not_configured(provider: &'static str, reason: impl Into<String>) -> Self {
+        CredentialError::NotConfigured {
+            provider,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a provider reports about itself, published as the credentials metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// The `provider` label.
+    pub provider: &'static str,
+    /// When the credentials in use expire; `None` for long-lived keys (the gauge is then absent).
+    pub expiry: Option<SystemTime>,
+    /// Failures to obtain or refresh credentials so far.
+    pub errors: u64,
+}
+
+/// Wakes whoever publishes [`CredentialProvider::health`] (one publisher per process).
+static HEALTH_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Providers call this when what [`CredentialProvider::health`] returns has changed.
+pub(crate) fn health_changed() {
+    HEALTH_CHANGED.notify_one();
+}
+
+/// Resolves after the next [`health_changed`] (or at once if one happened since the last call),
+/// so the metrics follow a refresh or a failure without polling.
+pub async fn health_change() {
+    HEALTH_CHANGED.notified().await;
+}
+
 /// The seam: something that can hand out the credentials to sign with right now.
 pub trait CredentialProvider: Send + Sync + fmt::Debug {
     /// Short, stable name used as the `provider` label (`env`, `static`, `oidc`, …).
     fn name(&self) -> &'static str;
     /// The credentials to sign the next request with; never expired ones.
     fn credentials(&self) -> BoxFuture<'_, Result<Arc<Credentials>, CredentialError>>;
+    /// One row per provider worth showing (the one in use, and any that failed).
+    fn health(&self) -> Vec<Health> {
+        vec![Health {
+            provider: self.name(),
+            expiry: None,
+            errors: 0,
+        }]
+    }
 }
 
 /// A fixed set of credentials (the demo, tests, and `[credentials] provider = "static"`).
@@ -145,37 +224,14 @@ impl CredentialProvider for StaticProvider {
             }
         })
     }
-}
 
-/// Environment variables read by the official SDKs.
-pub const ENV_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
-pub const ENV_ACCESS_KEY_SECRET: &str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
-pub const ENV_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
-
-/// Reads `ALIBABA_CLOUD_ACCESS_KEY_ID`, `…_SECRET` and optional `…_SECURITY_TOKEN` once, at start.
-pub fn from_env() -> Result<StaticProvider, CredentialError> {
-    from_env_with(|k| std::env::var(k).ok())
-}
-
-/// [`from_env`] with the environment passed in, for tests.
-pub fn from_env_with(
-    get: impl Fn(&str) -> Option<String>,
-) -> Result<StaticProvider, CredentialError> {
-    let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-    let id = non_empty(ENV_ACCESS_KEY_ID).ok_or_else(|| CredentialError::NotConfigured {
-        provider: "env",
-        reason: format!("{ENV_ACCESS_KEY_ID} is not set"),
-    })?;
-    let secret =
-        non_empty(ENV_ACCESS_KEY_SECRET).ok_or_else(|| CredentialError::NotConfigured {
-            provider: "env",
-            reason: format!("{ENV_ACCESS_KEY_SECRET} is not set"),
-        })?;
-    let token = non_empty(ENV_SECURITY_TOKEN);
-    Ok(StaticProvider::named(
-        Credentials::new(id, secret, token),
-        "env",
-    ))
+    fn health(&self) -> Vec<Health> {
+        vec![Health {
+            provider: self.name,
+            expiry: self.creds.expiration,
+            errors: 0,
+        }]
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +300,24 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_and_session_names() {
+        assert_eq!(
+            normalize_endpoint("sts-vpc.cn-hangzhou.aliyuncs.com").unwrap(),
+            "https://sts-vpc.cn-hangzhou.aliyuncs.com"
+        );
+        assert_eq!(
+            normalize_endpoint("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in ["ftp://x", "http://", "https://h/path", "a b", ""] {
+            assert!(normalize_endpoint(bad).is_err(), "{bad}");
+        }
+        assert!(check_role_session_name("exporter@ns.pod-1").is_ok());
+        assert!(check_role_session_name("x").is_err());
+        assert!(check_role_session_name("has space").is_err());
+    }
+
+    #[test]
     fn sensitive_strings_cover_encodings() {
         let c = Credentials::new("id", "se/cr=t", Some("to+ken/=".into()));
         let s = c.sensitive_strings();
@@ -254,17 +328,180 @@ mod tests {
 
 /// A provider that has nothing to give: polls fail with `code="credentials"` and the reason,
 /// while the exporter keeps serving (and alerting) instead of crash-looping.
-#[derive(Debug, Clone)]
-pub struct Unavailable(pub CredentialError);
+#[derive(Debug)]
+pub struct Unavailable {
+    error: CredentialError,
+    errors: AtomicU64,
+}
+
+impl Unavailable {
+    pub fn new(error: CredentialError) -> Self {
+        Self {
+            error,
+            errors: AtomicU64::new(0),
+        }
+    }
+}
 
 impl CredentialProvider for Unavailable {
     fn name(&self) -> &'static str {
-        "none"
+        self.error.provider()
     }
 
     fn credentials(&self) -> BoxFuture<'_, Result<Arc<Credentials>, CredentialError>> {
-        let e = self.0.clone();
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        health_changed();
+        let e = self.error.clone();
         Box::pin(async move { Err(e) })
+    }
+
+    fn health(&self) -> Vec<Health> {
+        vec![Health {
+            provider: self.name(),
+            expiry: None,
+            errors: self.errors.load(Ordering::Relaxed),
+        }]
+    }
+}
+
+/// Default STS endpoint (the global one; regional ones are `sts.<region>.aliyuncs.com`).
+pub const DEFAULT_STS_ENDPOINT: &str = "sts.aliyuncs.com";
+/// The ECS instance metadata service.
+pub const DEFAULT_ECS_METADATA_ENDPOINT: &str = "http://100.100.100.200";
+/// `RoleSessionName` when neither the config nor the environment names one.
+pub const DEFAULT_ROLE_SESSION_NAME: &str = "redis-session-exporter";
+pub const ENV_STS_ENDPOINT: &str = "ALIBABA_CLOUD_STS_ENDPOINT";
+pub const ENV_ROLE_SESSION_NAME: &str = "ALIBABA_CLOUD_ROLE_SESSION_NAME";
+
+/// A bare host means https; a full `http(s)://host[:port]` URL is taken as is. Returns the URL
+/// without a trailing slash.
+pub fn normalize_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let with_scheme = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("https://{s}")
+    };
+    match reqwest::Url::parse(&with_scheme) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some_and(|h| !h.is_empty())
+                && u.query().is_none()
+                && matches!(u.path(), "" | "/") =>
+        {
+            Ok(with_scheme.trim_end_matches('/').to_owned())
+        }
+        _ => Err(format!(
+            "{s:?} is neither a host name nor an http(s)://host[:port] URL"
+        )),
+    }
+}
+
+/// `RoleSessionName` as STS accepts it: 2 to 64 of `[A-Za-z0-9._@-]`.
+pub fn check_role_session_name(s: &str) -> Result<(), String> {
+    let ok = (2..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} must be 2 to 64 characters of letters, digits and . _ @ -"
+        ))
+    }
+}
+
+/// What every provider needs besides its own files: endpoints and names from `[credentials]`
+/// and the environment, resolved once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Without a trailing slash.
+    pub sts_endpoint: String,
+    /// Without a trailing slash.
+    pub ecs_metadata_endpoint: String,
+    pub role_session_name: String,
+    /// `$HOME`, where `~/.aliyun/config.json` and `~/.alibabacloud/credentials` live.
+    pub home: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Config keys win over the SDK environment variables, which win over the defaults.
+    pub fn resolve(
+        cfg: &crate::config::CredentialsConfig,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, CredentialError> {
+        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let sts = non_empty(cfg.sts_endpoint.clone())
+            .or_else(|| non_empty(get(ENV_STS_ENDPOINT)))
+            .unwrap_or_else(|| DEFAULT_STS_ENDPOINT.to_owned());
+        let ecs = non_empty(cfg.ecs_metadata_endpoint.clone())
+            .unwrap_or_else(|| DEFAULT_ECS_METADATA_ENDPOINT.to_owned());
+        let session = non_empty(cfg.role_session_name.clone())
+            .or_else(|| non_empty(get(ENV_ROLE_SESSION_NAME)))
+            .unwrap_or_else(|| DEFAULT_ROLE_SESSION_NAME.to_owned());
+        let bad = |key: &str, reason: String| {
+            CredentialError::not_configured("default", format!("{key}: {reason}"))
+        };
+        check_role_session_name(&session).map_err(|r| bad("credentials.role_session_name", r))?;
+        Ok(Self {
+            sts_endpoint: normalize_endpoint(&sts)
+                .map_err(|r| bad("credentials.sts_endpoint", r))?,
+            ecs_metadata_endpoint: normalize_endpoint(&ecs)
+                .map_err(|r| bad("credentials.ecs_metadata_endpoint", r))?,
+            role_session_name: session,
+            home: non_empty(get("HOME")).map(PathBuf::from),
+        })
+    }
+}
+
+/// Where a profile or an INI section says the credentials come from.
+#[derive(Debug, Clone)]
+pub enum Spec {
+    AccessKey {
+        id: String,
+        secret: SecretString,
+        token: Option<SecretString>,
+    },
+    /// `role: None` asks the metadata service which role is attached.
+    EcsRamRole {
+        role: Option<String>,
+    },
+    Oidc(oidc::OidcParams),
+}
+
+impl Spec {
+    /// The provider for this spec, labelled `name` (`profile`, `file`, …).
+    pub fn build(
+        self,
+        name: &'static str,
+        settings: &Settings,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
+        Ok(match self {
+            Spec::AccessKey { id, secret, token } => Arc::new(StaticProvider::named(
+                Credentials {
+                    access_key_id: id,
+                    access_key_secret: secret,
+                    security_token: token,
+                    expiration: None,
+                },
+                name,
+            )),
+            Spec::EcsRamRole { role } => {
+                ecs::check_enabled(name, get)?;
+                Arc::new(refresh::Refreshing::new(ecs::EcsFetcher::new(
+                    name,
+                    &settings.ecs_metadata_endpoint,
+                    role,
+                )?))
+            }
+            Spec::Oidc(params) => Arc::new(refresh::Refreshing::new(oidc::OidcFetcher::new(
+                name,
+                &settings.sts_endpoint,
+                params,
+                &settings.role_session_name,
+            )?)),
+        })
     }
 }
 
@@ -272,42 +509,86 @@ impl CredentialProvider for Unavailable {
 pub fn from_config(
     cfg: &crate::config::CredentialsConfig,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
+    from_config_with(cfg, &|k| std::env::var(k).ok())
+}
+
+/// [`from_config`] with the environment passed in, for tests.
+pub fn from_config_with(
+    cfg: &crate::config::CredentialsConfig,
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
+    let settings = Settings::resolve(cfg, get)?;
+    tracing::debug!(provider = %cfg.provider, sts = %settings.sts_endpoint,
+        metadata = %settings.ecs_metadata_endpoint, "building the credential provider");
     match cfg.provider.as_str() {
-        "default" | "env" => Ok(Arc::new(from_env()?)),
-        "static" => {
-            let fail = |reason: String| CredentialError::NotConfigured {
-                provider: "static",
-                reason,
-            };
-            let id = cfg
-                .access_key_id
-                .clone()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| fail("credentials.access_key_id is not set".into()))?;
-            let path = cfg
-                .access_key_secret_file
-                .as_ref()
-                .ok_or_else(|| fail("credentials.access_key_secret_file is not set".into()))?;
-            let secret = std::fs::read_to_string(path).map_err(|e| {
-                fail(format!(
-                    "credentials.access_key_secret_file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let secret = secret.trim_end_matches(['\r', '\n']).to_owned();
-            if secret.is_empty() {
-                return Err(fail(format!(
-                    "credentials.access_key_secret_file {} is empty",
-                    path.display()
-                )));
-            }
-            Ok(Arc::new(StaticProvider::new(Credentials::new(
-                id, secret, None,
-            ))))
+        "default" => Ok(Arc::new(chain::Chain::from_env(&settings, get))),
+        "env" => Ok(Arc::new(from_env_with(get)?)),
+        "static" => static_from_config(cfg),
+        "oidc" => oidc::OidcParams::from_env(get)?
+            .ok_or_else(|| {
+                CredentialError::not_configured(
+                    "oidc",
+                    format!(
+                        "{}, {} and {} must all be set",
+                        oidc::ENV_ROLE_ARN,
+                        oidc::ENV_OIDC_PROVIDER_ARN,
+                        oidc::ENV_OIDC_TOKEN_FILE
+                    ),
+                )
+            })
+            .and_then(|p| Spec::Oidc(p).build("oidc", &settings, get)),
+        "profile" => {
+            let path = profile::path(&settings)
+                .ok_or_else(|| CredentialError::not_configured("profile", "HOME is not set"))?;
+            profile::load(&path, get)?.build("profile", &settings, get)
         }
-        other => Err(CredentialError::NotConfigured {
-            provider: "default",
-            reason: format!("provider {other:?} is not available in this build"),
-        }),
+        "file" => {
+            let path = file::path(&settings, get).ok_or_else(|| {
+                CredentialError::not_configured(
+                    "file",
+                    format!("neither {} nor HOME is set", file::ENV_CREDENTIALS_FILE),
+                )
+            })?;
+            file::load(&path, get)?.build("file", &settings, get)
+        }
+        "ecs_ram_role" => Spec::EcsRamRole {
+            role: ecs::role_from_env(get),
+        }
+        .build("ecs_ram_role", &settings, get),
+        other => Err(CredentialError::not_configured(
+            "default",
+            format!("credentials.provider {other:?} is not a known provider"),
+        )),
     }
+}
+
+fn static_from_config(
+    cfg: &crate::config::CredentialsConfig,
+) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
+    let fail = |reason: String| CredentialError::not_configured("static", reason);
+    let id = cfg
+        .access_key_id
+        .clone()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| fail("credentials.access_key_id is not set".into()))?;
+    let path = cfg
+        .access_key_secret_file
+        .as_ref()
+        .ok_or_else(|| fail("credentials.access_key_secret_file is not set".into()))?;
+    let secret = std::fs::read_to_string(path).map_err(|e| {
+        fail(format!(
+            "credentials.access_key_secret_file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let secret = secret.trim_end_matches(['\r', '\n']).to_owned();
+    if secret.is_empty() {
+        return Err(fail(format!(
+            "credentials.access_key_secret_file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Arc::new(StaticProvider::new(Credentials::new(
+        id, secret, None,
+    ))))
 }

@@ -155,6 +155,7 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
         )
         .route("/_sim/answer/{instance}", get(current_answer))
         .route("/_sim/keys", put(add_key))
+        .route("/_sim/keys/{id}", axum::routing::delete(remove_key))
         .with_state(state))
 }
 
@@ -514,6 +515,12 @@ async fn clear_fault(State(st): State<Arc<SimState>>, Path(instance): Path<Strin
 
 async fn add_key(State(st): State<Arc<SimState>>, Json(k): Json<SimKey>) -> StatusCode {
     lock(&st.cfg).keys.push(k);
+    StatusCode::NO_CONTENT
+}
+
+/// Forgets a key pair, as a rotated or expired STS key is forgotten by the real gateway.
+async fn remove_key(State(st): State<Arc<SimState>>, Path(id): Path<String>) -> StatusCode {
+    lock(&st.cfg).keys.retain(|k| k.access_key_id != id);
     StatusCode::NO_CONTENT
 }
 

@@ -104,7 +104,22 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)], files: &[(&str, &str)]) -> Pro
         .env_remove("RUST_LOG")
         .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
         .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
-        .env_remove("ALIBABA_CLOUD_SECURITY_TOKEN");
+        .env_remove("ALIBABA_CLOUD_SECURITY_TOKEN")
+        // The credential chain must never reach past loopback (the real metadata service at
+        // 100.100.100.200) nor read the developer's own ~/.aliyun or ~/.alibabacloud files.
+        .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+        .env("HOME", dir.path());
+    for k in [
+        "ALIBABA_CLOUD_ROLE_ARN",
+        "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+        "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+        "ALIBABA_CLOUD_PROFILE",
+        "ALIBABA_CLOUD_CREDENTIALS_FILE",
+        "ALIBABA_CLOUD_ECS_METADATA",
+        "ALIBABA_CLOUD_STS_ENDPOINT",
+    ] {
+        cmd.env_remove(k);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

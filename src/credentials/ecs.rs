@@ -1,0 +1,245 @@
+//! ECS RAM role: credentials from the instance metadata service, IMDSv2 style.
+//!
+//! Each fetch takes a session token first (`PUT /latest/api/token`), then, unless the role is
+//! named by `ALIBABA_CLOUD_ECS_METADATA` or the config, asks which role is attached, then reads
+//! that role's STS credentials. The metadata service hands out credentials it rotates itself;
+//! [`super::refresh`] asks again before they expire.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use super::oidc::parse_expiration;
+use super::refresh::Fetch;
+use super::{BoxFuture, CredentialError, Credentials, SecretString};
+
+pub const ENV_ECS_METADATA: &str = "ALIBABA_CLOUD_ECS_METADATA";
+pub const ENV_ECS_METADATA_DISABLED: &str = "ALIBABA_CLOUD_ECS_METADATA_DISABLED";
+const TOKEN_PATH: &str = "/latest/api/token";
+const ROLES_PATH: &str = "/latest/meta-data/ram/security-credentials/";
+const TOKEN_HEADER: &str = "X-aliyun-ecs-metadata-token";
+const TOKEN_TTL_HEADER: &str = "X-aliyun-ecs-metadata-token-ttl-seconds";
+/// The SDKs' choice: the metadata service is link-local and answers fast or not at all.
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The role named in the environment, if any.
+pub fn role_from_env(get: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    get(ENV_ECS_METADATA).filter(|r| !r.trim().is_empty())
+}
+
+/// True when `ALIBABA_CLOUD_ECS_METADATA_DISABLED=true` turns the metadata service off.
+pub fn disabled(get: &dyn Fn(&str) -> Option<String>) -> bool {
+    get(ENV_ECS_METADATA_DISABLED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Refuses to build an ECS provider when the metadata service is disabled.
+pub fn check_enabled(
+    name: &'static str,
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), CredentialError> {
+    if disabled(get) {
+        Err(CredentialError::not_configured(
+            name,
+            format!("the ECS metadata service is disabled by {ENV_ECS_METADATA_DISABLED}=true"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct MetadataCredentials {
+    code: Option<String>,
+    access_key_id: Option<String>,
+    access_key_secret: Option<SecretString>,
+    security_token: Option<SecretString>,
+    expiration: Option<String>,
+}
+
+/// Reads the credentials document of a role. Pure.
+pub fn parse_credentials(
+    provider: &'static str,
+    body: &[u8],
+) -> Result<Credentials, CredentialError> {
+    let fail = |r: &str| CredentialError::failed(provider, format!("metadata service: {r}"));
+    let doc: MetadataCredentials =
+        serde_json::from_slice(body).map_err(|_| fail("the credentials document is not JSON"))?;
+    if doc.code.as_deref() != Some("Success") {
+        let code: String = doc
+            .code
+            .as_deref()
+            .unwrap_or("none")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            .take(64)
+            .collect();
+        return Err(fail(&format!("Code is {code:?}, not \"Success\"")));
+    }
+    match doc {
+        MetadataCredentials {
+            access_key_id: Some(id),
+            access_key_secret: Some(secret),
+            security_token: Some(token),
+            expiration: Some(exp),
+            ..
+        } => Ok(Credentials {
+            access_key_id: id,
+            access_key_secret: secret,
+            security_token: Some(token),
+            expiration: Some(parse_expiration(&exp).ok_or_else(|| fail("unreadable Expiration"))?),
+        }),
+        _ => Err(fail(
+            "AccessKeyId, AccessKeySecret, SecurityToken or Expiration missing",
+        )),
+    }
+}
+
+/// Talks to the metadata service for the provider `name`.
+#[derive(Debug)]
+pub struct EcsFetcher {
+    name: &'static str,
+    http: reqwest::Client,
+    endpoint: String,
+    role: Option<String>,
+}
+
+impl EcsFetcher {
+    pub fn new(
+        name: &'static str,
+        endpoint: &str,
+        role: Option<String>,
+    ) -> Result<Self, CredentialError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!(
+                "redis-session-exporter/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            // Never through a proxy: the service is link-local to this VM.
+            .no_proxy()
+            .connect_timeout(TIMEOUT)
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|e| CredentialError::failed(name, format!("HTTP client: {e}")))?;
+        Ok(Self {
+            name,
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            role,
+        })
+    }
+
+    async fn call(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<bytes::Bytes, CredentialError> {
+        let fail = |r: String| {
+            CredentialError::failed(self.name, format!("metadata service, {what}: {r}"))
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| fail(e.without_url().to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(e.without_url().to_string()))?;
+        match status {
+            s if s.is_success() => Ok(body),
+            StatusCode::NOT_FOUND => Err(fail(
+                "HTTP 404 (no RAM role attached to this instance, or the role name is wrong)"
+                    .into(),
+            )),
+            s => Err(fail(format!("HTTP {}", s.as_u16()))),
+        }
+    }
+}
+
+impl Fetch for EcsFetcher {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn fetch(&self) -> BoxFuture<'_, Result<Credentials, CredentialError>> {
+        Box::pin(async move {
+            let token = self
+                .call(
+                    self.http
+                        .put(format!("{}{TOKEN_PATH}", self.endpoint))
+                        .header(TOKEN_TTL_HEADER, "21600"),
+                    "token",
+                )
+                .await?;
+            let token = String::from_utf8_lossy(&token).trim().to_owned();
+            let role = match &self.role {
+                Some(r) => r.clone(),
+                None => {
+                    let body = self
+                        .call(
+                            self.http
+                                .get(format!("{}{ROLES_PATH}", self.endpoint))
+                                .header(TOKEN_HEADER, &token),
+                            "role name",
+                        )
+                        .await?;
+                    String::from_utf8_lossy(&body)
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .ok_or_else(|| {
+                            CredentialError::failed(
+                                self.name,
+                                "no RAM role is attached to this instance",
+                            )
+                        })?
+                }
+            };
+            let role_path: String =
+                percent_encoding::utf8_percent_encode(&role, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            let body = self
+                .call(
+                    self.http
+                        .get(format!("{}{ROLES_PATH}{role_path}", self.endpoint))
+                        .header(TOKEN_HEADER, &token),
+                    "credentials",
+                )
+                .await?;
+            parse_credentials(self.name, &body)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents() {
+        let ok = br#"{"Code":"Success","AccessKeyId":"STS.x","AccessKeySecret":"s","SecurityToken":"t","Expiration":"2030-01-01T00:00:00Z","LastUpdated":"2029-12-31T18:00:00Z"}"#;
+        assert_eq!(
+            parse_credentials("ecs_ram_role", ok).unwrap().access_key_id,
+            "STS.x"
+        );
+        let e = parse_credentials("ecs_ram_role", br#"{"Code":"Failed"}"#).unwrap_err();
+        assert!(e.to_string().contains("Failed"), "{e}");
+        let e = parse_credentials("ecs_ram_role", br#"{"Code":"Success","AccessKeyId":"a"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert!(parse_credentials("ecs_ram_role", b"<html>").is_err());
+    }
+
+    #[test]
+    fn disabled_flag() {
+        assert!(disabled(
+            &|k: &str| (k == ENV_ECS_METADATA_DISABLED).then(|| "TRUE".into())
+        ));
+        assert!(!disabled(
+            &|k: &str| (k == ENV_ECS_METADATA_DISABLED).then(|| "false".into())
+        ));
+        assert!(!disabled(&|_: &str| None));
+    }
+}
