@@ -166,6 +166,27 @@ fn build_like_the_dockerfile(d: &Dockerfile) -> PathBuf {
     std::fs::create_dir_all(&target_dir).unwrap();
     let log_path = target_dir.join("build.log");
     let mut cmd = Command::new(cargo);
+    // Not the variables cargo sets for a test process: build scripts watch some of them, and
+    // the build would differ from (and not reuse) a plain `cargo build`.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+                "LD_LIBRARY_PATH",
+            ]
+            .contains(&k.as_ref())
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
     cmd.args(&d.cargo_build[1..])
         .current_dir(repo())
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -280,8 +301,16 @@ fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
 fn chroot_cmd(root: &Path, user: &str, args: &[String]) -> Command {
     let uid = Command::new("id").arg("-u").output().expect("id -u");
     let is_root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    // The environment is cleared, so the programs are found here, not through the child's PATH.
+    let which = |prog: &str| -> PathBuf {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(prog))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{prog} is required (Debian: coreutils / sudo)"))
+    };
     let mut cmd = if is_root {
-        Command::new("chroot")
+        Command::new(which("chroot"))
     } else {
         let ok = Command::new("sudo")
             .args(["-n", "true"])
@@ -292,7 +321,7 @@ fn chroot_cmd(root: &Path, user: &str, args: &[String]) -> Command {
             ok,
             "emulating the image needs chroot: run the tests as root or with passwordless sudo"
         );
-        let mut c = Command::new("sudo");
+        let mut c = Command::new(which("sudo"));
         c.args(["-n", "chroot"]);
         c
     };
@@ -368,7 +397,7 @@ id = "r-image"
     };
 
     // --version
-    let out = chroot_cmd(&img.root, &d.user, &d.entrypoint[..1].to_vec())
+    let out = chroot_cmd(&img.root, &d.user, &d.entrypoint[..1])
         .arg("--version")
         .output()
         .unwrap();
@@ -435,10 +464,14 @@ id = "r-image"
         }
     })
     .await;
-    let text = wait_until("a successful poll", Duration::from_secs(20), || async move {
-        let t = scrape_om(addr).await;
-        (value(&t, "redis_session_up{instance_id=\"r-image\"}") == Some(1.0)).then_some(t)
-    })
+    let text = wait_until(
+        "a successful poll",
+        Duration::from_secs(20),
+        || async move {
+            let t = scrape_om(addr).await;
+            (value(&t, "redis_session_up{instance_id=\"r-image\"}") == Some(1.0)).then_some(t)
+        },
+    )
     .await;
     assert_eq!(
         value(&text, "redis_sessions_reported{instance_id=\"r-image\"}"),
