@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, clippy, the unit and end-to-end tests, and the
 # deploy lints. Installs what it needs first (Debian packages: prometheus for promtool and the
-# server, redis-server; PyPI: prometheus_client for the official parsers), so it works on a fresh
+# server, redis-server, musl-tools for the Dockerfile's static build; PyPI: prometheus_client for
+# the official parsers; rustup: the x86_64-unknown-linux-musl target), so it works on a fresh
 # Debian machine that has only the Rust toolchain. Set SKIP_INSTALL=1 to skip the installs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,6 +13,10 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+# The Dockerfile's build (tests/image_binary.rs runs it): musl-gcc for ring's C code.
+command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
+command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
+command -v file >/dev/null 2>&1 || need_apt+=(file)
 if [ "${SKIP_INSTALL:-0}" != 1 ] && [ ${#need_apt[@]} -gt 0 ]; then
   sudo=()
   [ "$(id -u)" = 0 ] || sudo=(sudo)
@@ -19,6 +24,12 @@ if [ "${SKIP_INSTALL:-0}" != 1 ] && [ ${#need_apt[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+if [ "${SKIP_INSTALL:-0}" != 1 ] && command -v rustup >/dev/null 2>&1 &&
+  ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  echo "test.sh: installing the Rust target x86_64-unknown-linux-musl (rustup)" >&2
+  rustup target add x86_64-unknown-linux-musl
+fi
+
 # Debian starts the packaged services on install; the tests start their own on loopback ports.
 for svc in prometheus redis-server prometheus-node-exporter; do
   if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
