@@ -645,7 +645,10 @@ mod tests {
             &[("REDIS_SESSION_EXPORTER_SHARDING__TOTAL_SHARDS", "3")],
         )
         .unwrap();
-        assert_eq!(c.sharding.sharding(), crate::fleet::Sharding { shard: 1, total: 3 });
+        assert_eq!(
+            c.sharding.sharding(),
+            crate::fleet::Sharding { shard: 1, total: 3 }
+        );
         assert_eq!(c.discovery[0].tags["env"], "prod");
         let again = load(&c.to_toml()).unwrap();
         assert_eq!(again.discovery, c.discovery);
@@ -660,14 +663,26 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(flags.sharding.sharding(), crate::fleet::Sharding { shard: 2, total: 4 });
+        assert_eq!(
+            flags.sharding.sharding(),
+            crate::fleet::Sharding { shard: 2, total: 4 }
+        );
         for (toml, key) in [
-            ("[sharding]\nshard = 3\ntotal_shards = 3\n", "sharding.shard"),
+            (
+                "[sharding]\nshard = 3\ntotal_shards = 3\n",
+                "sharding.shard",
+            ),
             ("[sharding]\ntotal_shards = 0\n", "sharding.total_shards"),
             ("[sharding]\nshards = 2\n", "sharding.shards"),
             ("[[discovery]]\nregions = []\n", "discovery[0].regions"),
-            ("[[discovery]]\nregions = [\"a\"]\nrefresh = \"0s\"\n", "discovery[0].refresh"),
-            ("[[discovery]]\nregions = [\"a\"]\nregion = \"a\"\n", "discovery"),
+            (
+                "[[discovery]]\nregions = [\"a\"]\nrefresh = \"0s\"\n",
+                "discovery[0].refresh",
+            ),
+            (
+                "[[discovery]]\nregions = [\"a\"]\nregion = \"a\"\n",
+                "discovery",
+            ),
         ] {
             let text = error_text(load(toml));
             assert!(text.contains(&format!("`{key}")), "{toml:?}: {text}");

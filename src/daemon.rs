@@ -167,9 +167,7 @@ async fn control_loop(
                                 .filter_map(|(k, v)| match SourceKey::parse(&k) {
                                     Some(key) => (old.discovery.get(key.block)
                                         == cfg.discovery.get(key.block))
-                                    .then(|| {
-                                        (SourceKey { generation, ..key }.to_string(), v)
-                                    }),
+                                    .then(|| (SourceKey { generation, ..key }.to_string(), v)),
                                     None => Some((k, v)),
                                 })
                                 .collect();

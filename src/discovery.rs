@@ -123,7 +123,10 @@ impl DiscoveryConfig {
         }
         for k in self.tags.keys() {
             if k.trim().is_empty() {
-                err(format!("{prefix}.tags"), "a tag key must not be empty".into());
+                err(
+                    format!("{prefix}.tags"),
+                    "a tag key must not be empty".into(),
+                );
             }
         }
         if let Some(a) = &self.architecture {
@@ -142,16 +145,16 @@ impl DiscoveryConfig {
         }
         for (j, id) in self.exclude.iter().enumerate() {
             if id.trim().is_empty() {
-                err(
-                    format!("{prefix}.exclude[{j}]"),
-                    "must not be empty".into(),
-                );
+                err(format!("{prefix}.exclude[{j}]"), "must not be empty".into());
             }
         }
         if self.refresh < MIN_REFRESH {
             err(
                 format!("{prefix}.refresh"),
-                format!("must be at least {}", humantime::format_duration(MIN_REFRESH)),
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_REFRESH)
+                ),
             );
         }
         let probe = endpoint_for(&self.endpoint, "cn-hangzhou");
@@ -288,9 +291,8 @@ struct InstancesWire {
 /// Decodes a successful answer. An answer without `Instances` is an error answer (its `Code`
 /// becomes the error code) or not a DescribeInstances answer at all.
 pub fn decode_page(body: &[u8]) -> Result<Page, PollError> {
-    let wire: PageWire = serde_json::from_slice(body).map_err(|e| {
-        PollError::InvalidResponse(format!("not a DescribeInstances answer: {e}"))
-    })?;
+    let wire: PageWire = serde_json::from_slice(body)
+        .map_err(|e| PollError::InvalidResponse(format!("not a DescribeInstances answer: {e}")))?;
     let Some(instances) = wire.instances else {
         return Err(match crate::das::wire::error_code(body) {
             Some((code, message)) => PollError::Api {
@@ -327,10 +329,13 @@ pub fn next_page(page: u32, on_page: usize, seen: usize, total: Option<u64>) -> 
 pub fn tag_label(key: &str) -> String {
     let mut s = String::with_capacity(TAG_PREFIX.len() + key.len());
     s.push_str(TAG_PREFIX);
-    s.extend(
-        key.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
-    );
+    s.extend(key.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
     s
 }
 
@@ -615,8 +620,7 @@ impl Shared {
         loop {
             let p = match self.fetch_page(cfg, region, page).await {
                 Err(e) if e.is_transient() => {
-                    tokio::time::sleep(e.retry_after().unwrap_or(Duration::from_millis(500)))
-                        .await;
+                    tokio::time::sleep(e.retry_after().unwrap_or(Duration::from_millis(500))).await;
                     self.fetch_page(cfg, region, page).await?
                 }
                 other => other?,
@@ -806,7 +810,8 @@ mod tests {
                 "{text:?}: expected {key}, got {errs:?}"
             );
         }
-        let five = "regions = [\"a\"]\ntags = { a = \"1\", b = \"2\", c = \"3\", d = \"4\", e = \"5\" }";
+        let five =
+            "regions = [\"a\"]\ntags = { a = \"1\", b = \"2\", c = \"3\", d = \"4\", e = \"5\" }";
         assert!(block(five).validate("d").is_empty());
     }
 
@@ -815,7 +820,8 @@ mod tests {
         let b = block(
             "regions = [\"cn-hangzhou\"]\ntags = { team = \"core\", env = \"prod\" }\narchitecture = \"cluster\"\ninstance_type = \"Redis\"",
         );
-        let p: BTreeMap<String, String> = request_params(&b, "cn-hangzhou", 3).into_iter().collect();
+        let p: BTreeMap<String, String> =
+            request_params(&b, "cn-hangzhou", 3).into_iter().collect();
         let want: BTreeMap<String, String> = [
             ("Action", "DescribeInstances"),
             ("Version", "2015-01-01"),
@@ -852,7 +858,12 @@ mod tests {
             .split('&')
             .map(|kv| {
                 let (k, v) = kv.split_once('=').unwrap();
-                let dec = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().unwrap().into_owned();
+                let dec = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8()
+                        .unwrap()
+                        .into_owned()
+                };
                 (dec(k), dec(v))
             })
             .collect();
@@ -878,9 +889,13 @@ mod tests {
         assert_eq!(p.instances[0].tags.as_ref().unwrap().tag[0].value, "prod");
         assert_eq!(p.instances[1].tags, None);
 
-        let e = decode_page(br#"{"RequestId":"x","Code":"Forbidden.RAM","Message":"no"}"#).unwrap_err();
+        let e =
+            decode_page(br#"{"RequestId":"x","Code":"Forbidden.RAM","Message":"no"}"#).unwrap_err();
         assert_eq!(e.code(), "Forbidden.RAM");
-        assert_eq!(decode_page(b"{\"Instances\":").unwrap_err().code(), "invalid_response");
+        assert_eq!(
+            decode_page(b"{\"Instances\":").unwrap_err().code(),
+            "invalid_response"
+        );
         assert_eq!(decode_page(b"{}").unwrap_err().code(), "invalid_response");
         let empty = decode_page(br#"{"Instances":{},"TotalCount":0}"#).unwrap();
         assert!(empty.instances.is_empty());
@@ -912,7 +927,11 @@ mod tests {
         let mut untagged = inst("r-notags", "cn-hangzhou", &[]);
         untagged.tags = None;
         let found = vec![
-            inst("r-b", "cn-hangzhou", &[("env", "prod"), ("team/owner", "core"), ("team.owner", "x")]),
+            inst(
+                "r-b",
+                "cn-hangzhou",
+                &[("env", "prod"), ("team/owner", "core"), ("team.owner", "x")],
+            ),
             inst("r-a", "cn-hangzhou", &[("env", "prod")]),
             inst("r-a", "cn-hangzhou", &[("env", "prod")]),
             inst("r-staging", "cn-hangzhou", &[("env", "staging")]),

@@ -130,7 +130,10 @@ mod tests {
         let ids: Vec<&str> = e.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, vec!["r-a", "r-b", "r-c"]);
         assert_eq!(e[0].labels["team"], "static");
-        assert_eq!(e[0].labels["region"], "cn-hangzhou", "inventory labels kept");
+        assert_eq!(
+            e[0].labels["region"], "cn-hangzhou",
+            "inventory labels kept"
+        );
     }
 
     #[test]
@@ -201,9 +204,19 @@ mod tests {
     #[test]
     fn ordinals() {
         assert_eq!(ordinal_from_hostname("redis-session-exporter-2"), Ok(2));
-        assert_eq!(ordinal_from_hostname("exporter-10.svc.cluster.local"), Ok(10));
+        assert_eq!(
+            ordinal_from_hostname("exporter-10.svc.cluster.local"),
+            Ok(10)
+        );
         assert_eq!(ordinal_from_hostname(" x-0\n"), Ok(0));
-        for bad in ["exporter", "exporter-", "-3", "exporter-a1", "exporter-99999999999", ""] {
+        for bad in [
+            "exporter",
+            "exporter-",
+            "-3",
+            "exporter-a1",
+            "exporter-99999999999",
+            "",
+        ] {
             assert!(ordinal_from_hostname(bad).is_err(), "{bad:?}");
         }
     }

@@ -94,7 +94,10 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
 fn overrides(cli: &Cli) -> Result<Overrides, String> {
     let shard = if cli.shard_from_hostname {
         let name = hostname().ok_or("--shard-from-hostname: cannot read the hostname")?;
-        Some(fleet::ordinal_from_hostname(&name).map_err(|e| format!("--shard-from-hostname: {e}"))?)
+        Some(
+            fleet::ordinal_from_hostname(&name)
+                .map_err(|e| format!("--shard-from-hostname: {e}"))?,
+        )
     } else {
         cli.shard
     };
@@ -194,7 +197,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Arc::new(credentials::Unavailable(e))
                 }
             };
-            let (path, overrides) = (cli.config.clone(), overrides(&cli).map_err(anyhow::Error::msg)?);
+            let (path, overrides) = (
+                cli.config.clone(),
+                overrides(&cli).map_err(anyhow::Error::msg)?,
+            );
             let reloader: daemon::Reloader = Arc::new(move || {
                 let path = path.as_ref().ok_or("no configuration file")?;
                 Config::load(path, &overrides).map_err(|e| e.to_string())

@@ -127,7 +127,10 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 
 /// Reads the body chunk by chunk and stops as soon as it passes `max`, so one huge answer cannot
 /// exhaust memory. A stalled body is caught by the attempt's timeout around this.
-pub(crate) async fn read_capped(mut resp: reqwest::Response, max: u64) -> Result<Vec<u8>, PollError> {
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    max: u64,
+) -> Result<Vec<u8>, PollError> {
     let hint = resp.content_length().unwrap_or(0);
     if hint > max {
         return Err(PollError::InvalidResponse(format!(
