@@ -2,7 +2,8 @@
 //! pages of 50), then merging and sharding them, timed against a baseline measured in the same
 //! run — `serde_json` skipping the same bytes (`IgnoredAny`), the least any JSON decoder must
 //! do. The ratio, not the absolute time, is the figure to watch: it does not depend on the
-//! machine. Run with `cargo bench --bench discovery`.
+//! machine. A generic `serde_json::Value` decode of the same pages is printed as a second
+//! reference. Run with `cargo bench --bench discovery`.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -83,6 +84,16 @@ fn main() {
             black_box(serde_json::from_slice::<serde::de::IgnoredAny>(p).unwrap());
         }
     });
+    let generic = median(runs, || {
+        for p in &pages {
+            black_box(serde_json::from_slice::<serde_json::Value>(p).unwrap());
+        }
+    });
+    let decode_only = median(runs, || {
+        for p in &pages {
+            black_box(decode_page(p).unwrap());
+        }
+    });
     let mut found = Vec::new();
     let decode = median(runs, || {
         let mut all = Vec::with_capacity(INSTANCES);
@@ -103,6 +114,14 @@ fn main() {
         bytes as f64 / (1024.0 * 1024.0)
     );
     println!("  baseline  serde_json IgnoredAny        {baseline:>12.3?}");
+    println!(
+        "  reference serde_json::Value (a naive decode) {generic:>7.3?}   {:.2}x baseline",
+        generic.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!(
+        "  decode only                             {decode_only:>12.3?}   {:.2}x baseline",
+        decode_only.as_secs_f64() / baseline.as_secs_f64()
+    );
     println!(
         "  decode + select (labels, filters)       {decode:>12.3?}   {:.2}x baseline   {:.0} ns/instance",
         decode.as_secs_f64() / baseline.as_secs_f64(),

@@ -183,7 +183,7 @@ async fn discovers_the_matching_set_follows_changes_and_survives_failures() {
     let l = &info(&text)["r-hangzhou-0004"];
     assert_eq!(l["instance_name"], "name-r-hangzhou-0004");
     assert_eq!(l["region"], "cn-hangzhou");
-    assert_eq!(l["architecture"], ARCHS[4 % 5 % 3]);
+    assert_eq!(l["architecture"], "cluster"); // ARCHS[4 % 5 % 3]
     assert_eq!(l["tag_env"], "prod");
     assert_eq!(l["tag_team"], "pay");
     assert_eq!(l["tag_app_kubernetes_io_name"], "checkout");
@@ -297,6 +297,63 @@ async fn discovers_the_matching_set_follows_changes_and_survives_failures() {
         (ids(&scrape_text(addr).await) == want).then_some(())
     })
     .await;
+    assert!(exporter.terminate().success());
+}
+
+#[tokio::test]
+async fn a_reload_restarts_discovery_with_the_new_blocks() {
+    let (_sim, sim) = start_simulator(SIM);
+    let inv = inventory(60, "");
+    put_json(sim, "/_sim/inventory", &Value::Array(inv.clone())).await;
+    let (mut exporter, addr) =
+        start_exporter(&discovery_config(sim, &["cn-hangzhou"], &[], ""), &[]);
+    let hangzhou = expected(&inv, &["cn-hangzhou"], &[]);
+    wait_until(
+        "the first region's set",
+        Duration::from_secs(60),
+        || async { (ids(&scrape_text(addr).await) == hangzhou).then_some(()) },
+    )
+    .await;
+
+    // The new file moves discovery to another region and shards in two.
+    std::fs::write(
+        exporter.dir.join("config.toml"),
+        discovery_config(sim, &["cn-beijing"], &[], "")
+            + "[sharding]\nshard = 1\ntotal_shards = 2\n",
+    )
+    .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = client
+        .post(format!("http://{addr}/-/reload"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "reload: {}", r.status());
+    let beijing_shard_1: BTreeSet<String> = expected(&inv, &["cn-beijing"], &[])
+        .into_iter()
+        .filter(|id| redis_session_exporter::fleet::shard_of(id, 2) == 1)
+        .collect();
+    assert!(!beijing_shard_1.is_empty());
+    wait_until(
+        "the new region's set, sharded",
+        Duration::from_secs(60),
+        || async { (ids(&scrape_text(addr).await) == beijing_shard_1).then_some(()) },
+    )
+    .await;
+    let text = scrape_text(addr).await;
+    assert!(
+        !text.contains("region=\"cn-hangzhou\""),
+        "old region still exported"
+    );
+    assert_eq!(
+        value(&text, "redis_session_exporter_total_shards"),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&text, "redis_session_exporter_shard_ordinal"),
+        Some(1.0)
+    );
     assert!(exporter.terminate().success());
 }
 
