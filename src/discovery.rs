@@ -34,7 +34,7 @@ pub const MAX_TAGS: usize = 5;
 /// `{region}` is replaced by each region of the block.
 pub const DEFAULT_ENDPOINT: &str = "https://r-kvstore.{region}.aliyuncs.com";
 /// Small enough for tests; production refreshes every few minutes.
-pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+pub const MIN_REFRESH: Duration = Duration::from_millis(100);
 /// A runaway paging loop (a server that never says it is done) stops here: 100,000 instances.
 pub const MAX_PAGES: u32 = 2_000;
 /// Values of `architecture` the API knows.
