@@ -58,6 +58,37 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
+    /// `[[discovery]]`: instances found in the cloud's inventory.
+    #[serde(default)]
+    pub discovery: Vec<crate::discovery::DiscoveryConfig>,
+    #[serde(default)]
+    pub sharding: ShardingConfig,
+}
+
+/// `[sharding]`: which part of the fleet this replica polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardingConfig {
+    pub shard: u32,
+    pub total_shards: u32,
+}
+
+impl Default for ShardingConfig {
+    fn default() -> Self {
+        Self {
+            shard: 0,
+            total_shards: 1,
+        }
+    }
+}
+
+impl ShardingConfig {
+    pub fn sharding(&self) -> crate::fleet::Sharding {
+        crate::fleet::Sharding {
+            shard: self.shard,
+            total: self.total_shards,
+        }
+    }
 }
 
 /// `[server]`
@@ -212,6 +243,10 @@ impl InstanceConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    /// `--shard` (or the ordinal `--shard-from-hostname` found).
+    pub shard: Option<u32>,
+    /// `--total-shards`.
+    pub total_shards: Option<u32>,
 }
 
 /// One problem with one key.
@@ -272,6 +307,12 @@ impl Config {
         }
         if let Some(listen) = overrides.listen {
             fig = fig.merge(("server.listen", listen.to_string()));
+        }
+        if let Some(n) = overrides.shard {
+            fig = fig.merge(("sharding.shard", n));
+        }
+        if let Some(m) = overrides.total_shards {
+            fig = fig.merge(("sharding.total_shards", m));
         }
         let cfg: Config = fig.extract().map_err(figment_errors)?;
         cfg.validate().map_err(ConfigError::Invalid)?;
@@ -382,6 +423,24 @@ impl Config {
             }
             for (key, reason) in crate::direct::validate_instance(inst) {
                 err(&format!("instances[{i}].{key}"), reason);
+            }
+        }
+        if self.sharding.total_shards == 0 {
+            err("sharding.total_shards", "must be at least 1".into());
+        } else if self.sharding.shard >= self.sharding.total_shards {
+            err(
+                "sharding.shard",
+                format!(
+                    "shard {} does not exist: shards are numbered 0 to {} (sharding.total_shards = {})",
+                    self.sharding.shard,
+                    self.sharding.total_shards - 1,
+                    self.sharding.total_shards
+                ),
+            );
+        }
+        for (i, d) in self.discovery.iter().enumerate() {
+            for e in d.validate(&format!("discovery[{i}]")) {
+                errs.push(e);
             }
         }
         if errs.is_empty() {
@@ -546,6 +605,7 @@ mod tests {
             )],
             &Overrides {
                 listen: Some("127.0.0.1:2".parse().unwrap()),
+                ..Overrides::default()
             },
         )
         .unwrap();
@@ -623,5 +683,59 @@ mod tests {
         let again = load(&c.to_toml()).unwrap();
         assert_eq!(again.poll, c.poll);
         assert_eq!(again.instances, c.instances);
+    }
+
+    #[test]
+    fn sharding_and_discovery_keys() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.sharding, ShardingConfig::default());
+        assert!(c.discovery.is_empty());
+        let c = load_env(
+            "[sharding]\nshard = 1\n[[discovery]]\nregions = [\"cn-hangzhou\"]\ntags = { env = \"prod\" }\n",
+            &[("REDIS_SESSION_EXPORTER_SHARDING__TOTAL_SHARDS", "3")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.sharding.sharding(),
+            crate::fleet::Sharding { shard: 1, total: 3 }
+        );
+        assert_eq!(c.discovery[0].tags["env"], "prod");
+        let again = load(&c.to_toml()).unwrap();
+        assert_eq!(again.discovery, c.discovery);
+        assert_eq!(again.sharding, c.sharding);
+        let flags = Config::from_sources(
+            MINIMAL,
+            Vec::new(),
+            &Overrides {
+                shard: Some(2),
+                total_shards: Some(4),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            flags.sharding.sharding(),
+            crate::fleet::Sharding { shard: 2, total: 4 }
+        );
+        for (toml, key) in [
+            (
+                "[sharding]\nshard = 3\ntotal_shards = 3\n",
+                "sharding.shard",
+            ),
+            ("[sharding]\ntotal_shards = 0\n", "sharding.total_shards"),
+            ("[sharding]\nshards = 2\n", "sharding.shards"),
+            ("[[discovery]]\nregions = []\n", "discovery[0].regions"),
+            (
+                "[[discovery]]\nregions = [\"a\"]\nrefresh = \"0s\"\n",
+                "discovery[0].refresh",
+            ),
+            (
+                "[[discovery]]\nregions = [\"a\"]\nregion = \"a\"\n",
+                "discovery",
+            ),
+        ] {
+            let text = error_text(load(toml));
+            assert!(text.contains(&format!("`{key}")), "{toml:?}: {text}");
+        }
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, InstanceConfig};
 use crate::credentials::CredentialProvider;
 use crate::das::DasClient;
+use crate::discovery::{self, SourceKey};
 use crate::exposition::{BlockWriter, Fam, Format};
 use crate::fleet::{self, Sharding};
 use crate::scheduler::Scheduler;
@@ -73,6 +74,15 @@ pub async fn run_with_web(
     let addr = listener.local_addr()?;
 
     let store = Arc::new(Store::new());
+    let inventory = Arc::new(
+        discovery::Shared::new(
+            credentials.clone(),
+            cfg.das.timeout,
+            cfg.das.max_body_bytes,
+            store.clone(),
+        )
+        .context("building the HTTP client")?,
+    );
     let source: Arc<dyn Source> = Arc::new(crate::source::Router {
         das: Arc::new(
             DasClient::new(&cfg.das, credentials.clone()).context("building the HTTP client")?,
@@ -90,7 +100,8 @@ pub async fn run_with_web(
         source,
         store.clone(),
         reloader,
-        rx,
+        (tx.clone(), rx),
+        inventory,
         shutdown.clone(),
     ));
     #[cfg(unix)]
@@ -100,7 +111,7 @@ pub async fn run_with_web(
     let (tls, basic_auth) = web
         .as_ref()
         .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
-    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), interval = ?cfg.poll.interval, "serving /metrics");
+    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total_shards, interval = ?cfg.poll.interval, "serving /metrics");
     let router = app(AppState::new(store).with_control(tx));
     webconfig::serve(listener, router, web.as_ref(), shutdown.clone())
         .await
@@ -111,21 +122,32 @@ pub async fn run_with_web(
     Ok(())
 }
 
-/// Owns the scheduler; applies reloads and discovery results.
+/// Owns the scheduler and the discovery tasks; applies reloads and discovery results.
 async fn control_loop(
     mut cfg: Config,
     source: Arc<dyn Source>,
     store: Arc<Store>,
     reloader: Option<Reloader>,
-    mut rx: mpsc::Receiver<Control>,
+    (tx, mut rx): (ControlSender, mpsc::Receiver<Control>),
+    inventory: Arc<discovery::Shared>,
     shutdown: CancellationToken,
 ) {
-    let sharding = Sharding::default();
     let mut discovered: BTreeMap<String, Vec<InstanceConfig>> = BTreeMap::new();
+    // Bumped whenever a reload changes `[[discovery]]`; lists from older tasks are ignored.
+    let mut generation = 0u64;
+    let mut discovery = discovery::start(
+        &cfg.discovery,
+        generation,
+        inventory.clone(),
+        tx.clone(),
+        &shutdown,
+    );
     let mut scheduler = Scheduler::new(source, store.clone(), &cfg, shutdown.clone());
     let apply = |scheduler: &mut Scheduler,
                  cfg: &Config,
                  discovered: &BTreeMap<String, Vec<InstanceConfig>>| {
+        let sharding = cfg.sharding.sharding();
+        publish_sharding(&store, sharding);
         let mut effective = cfg.clone();
         effective.instances = fleet::effective(&cfg.instances, discovered, sharding);
         scheduler.apply(&effective);
@@ -149,7 +171,32 @@ async fn control_loop(
                     }
                     Some(load) => load().map(|new| {
                         warn_restart_only_changes(&cfg, &new);
-                        cfg = new;
+                        let old = std::mem::replace(&mut cfg, new);
+                        if old.discovery != cfg.discovery {
+                            // Restart every discovery task; keep the lists of unchanged blocks
+                            // (re-keyed to the new generation) until their first refresh.
+                            generation += 1;
+                            std::mem::replace(
+                                &mut discovery,
+                                discovery::start(
+                                    &cfg.discovery,
+                                    generation,
+                                    inventory.clone(),
+                                    tx.clone(),
+                                    &shutdown,
+                                ),
+                            )
+                            .stop();
+                            discovered = std::mem::take(&mut discovered)
+                                .into_iter()
+                                .filter_map(|(k, v)| match SourceKey::parse(&k) {
+                                    Some(key) => (old.discovery.get(key.block)
+                                        == cfg.discovery.get(key.block))
+                                    .then(|| (SourceKey { generation, ..key }.to_string(), v)),
+                                    None => Some((k, v)),
+                                })
+                                .collect();
+                        }
                         apply(&mut scheduler, &cfg, &discovered);
                     }),
                 };
@@ -168,11 +215,16 @@ async fn control_loop(
                 }
             }
             Control::Discovered { key, instances } => {
+                if SourceKey::parse(&key).is_some_and(|k| k.generation != generation) {
+                    tracing::debug!(%key, "dropping a list from a discovery task that was replaced");
+                    continue;
+                }
                 discovered.insert(key, instances);
                 apply(&mut scheduler, &cfg, &discovered);
             }
         }
     }
+    discovery.stop();
     scheduler.stop().await;
 }
 
@@ -207,6 +259,17 @@ fn publish_reload_status(store: &Store, ok: bool) {
         w.finish()
     });
     store.publish_global("reload", blocks);
+}
+
+/// `redis_session_exporter_shard_ordinal` and `…_total_shards`.
+fn publish_sharding(store: &Store, sharding: Sharding) {
+    let blocks = Format::ALL.map(|fmt| {
+        let mut w = BlockWriter::new(fmt, None);
+        w.gauge(Fam::ShardOrdinal, &[], u64::from(sharding.shard));
+        w.gauge(Fam::TotalShards, &[], u64::from(sharding.total));
+        w.finish()
+    });
+    store.publish_global("sharding", blocks);
 }
 
 /// Publishes the credential provider's health (expiry, error counts) each time a provider says

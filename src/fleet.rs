@@ -1,5 +1,13 @@
 //! The set of instances this replica polls: the configured ones, plus discovered ones (static
 //! settings win), restricted to this replica's shard. Pure, so every rule is unit-tested.
+//!
+//! # The shard of an instance
+//!
+//! `shard_of(id, M)` = jump consistent hash (Lamping & Veach, 2014) of the FNV-1a 64-bit hash
+//! of the instance id's UTF-8 bytes, into `M` buckets. Every replica computes it alone and gets
+//! the same answer, whatever its version. Jump hashing rather than `hash mod M` because growing
+//! from `M` to `M + 1` shards moves only about `1/(M + 1)` of the instances, all of them to the
+//! new shard, where `mod` would move about `M/(M + 1)` of them.
 
 use std::collections::BTreeMap;
 
@@ -18,38 +26,81 @@ impl Default for Sharding {
     }
 }
 
-/// The shard an instance belongs to: FNV-1a (64-bit) of the instance id's UTF-8 bytes, modulo
-/// `total`. Documented and fixed, so replicas of any version agree without talking.
-pub fn shard_of(id: &str, total: u32) -> u32 {
+/// FNV-1a, 64 bits.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.as_bytes() {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % u64::from(total.max(1))) as u32
+    h
+}
+
+/// Jump consistent hash: the bucket in `[0, buckets)` of `key`, exactly as in the paper.
+pub fn jump_hash(mut key: u64, buckets: u32) -> u32 {
+    let buckets = i64::from(buckets.max(1));
+    let (mut b, mut j): (i64, i64) = (-1, 0);
+    while j < buckets {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b as u32
+}
+
+/// The shard an instance belongs to (see the module docs): documented and fixed, so replicas
+/// of any version agree without talking to each other.
+pub fn shard_of(id: &str, total: u32) -> u32 {
+    jump_hash(fnv1a64(id.as_bytes()), total)
+}
+
+/// The ordinal of a StatefulSet pod from its name (`<statefulset>-<ordinal>`).
+pub fn ordinal_from_hostname(hostname: &str) -> Result<u32, String> {
+    // A FQDN's first label is the pod name.
+    let name = hostname.trim().split('.').next().unwrap_or_default();
+    name.rsplit_once('-')
+        .and_then(|(prefix, n)| {
+            (!prefix.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| n.parse().ok())
+                .flatten()
+        })
+        .ok_or_else(|| {
+            format!("hostname {name:?} does not end in -<ordinal> like a StatefulSet pod's name")
+        })
 }
 
 /// Static instances, then discovered ones not already configured, keeping only this shard's.
 /// `discovered` is keyed by whatever produced the list (a discovery block and region), so one
-/// source's refresh replaces only its own list.
+/// source's refresh replaces only its own list. An instance both configured and discovered
+/// keeps its static settings; its inventory labels are added unless a static label has the
+/// same name.
 pub fn effective(
     configured: &[InstanceConfig],
     discovered: &BTreeMap<String, Vec<InstanceConfig>>,
     sharding: Sharding,
 ) -> Vec<InstanceConfig> {
-    let mut out: BTreeMap<&str, &InstanceConfig> = BTreeMap::new();
+    let mut out: BTreeMap<&str, InstanceConfig> = BTreeMap::new();
     for list in discovered.values() {
         for i in list {
-            out.entry(i.id.as_str()).or_insert(i);
+            out.entry(i.id.as_str()).or_insert_with(|| i.clone());
         }
     }
     for i in configured {
-        // Static settings win over the inventory's.
-        out.insert(i.id.as_str(), i);
+        let merged = match out.remove(i.id.as_str()) {
+            Some(found) => {
+                let mut labels = found.labels;
+                labels.extend(i.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                InstanceConfig {
+                    labels,
+                    ..i.clone()
+                }
+            }
+            None => i.clone(),
+        };
+        out.insert(i.id.as_str(), merged);
     }
     out.into_values()
         .filter(|i| shard_of(&i.id, sharding.total) == sharding.shard)
-        .cloned()
         .collect()
 }
 
@@ -63,6 +114,7 @@ mod tests {
         stat.labels.insert("team".into(), "static".into());
         let mut disc = InstanceConfig::new("r-a");
         disc.labels.insert("team".into(), "inventory".into());
+        disc.labels.insert("region".into(), "cn-hangzhou".into());
         let discovered: BTreeMap<String, Vec<InstanceConfig>> = [
             (
                 "d0/cn-hangzhou".to_owned(),
@@ -78,6 +130,10 @@ mod tests {
         let ids: Vec<&str> = e.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, vec!["r-a", "r-b", "r-c"]);
         assert_eq!(e[0].labels["team"], "static");
+        assert_eq!(
+            e[0].labels["region"], "cn-hangzhou",
+            "inventory labels kept"
+        );
     }
 
     #[test]
@@ -89,12 +145,79 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for shard in 0..3 {
             let part = effective(&all, &none, Sharding { shard, total: 3 });
-            assert!(part.len() > 100, "shard {shard} holds {}", part.len());
+            assert!(part.len() > 130, "shard {shard} holds {}", part.len());
             for i in part {
                 assert!(seen.insert(i.id), "an instance in two shards");
             }
         }
         assert_eq!(seen.len(), 500);
         assert_eq!(shard_of("anything", 1), 0);
+        assert_eq!(shard_of("anything", 0), 0, "0 shards is treated as 1");
+    }
+
+    #[test]
+    fn fixed_values_never_change() {
+        // Replicas of different versions must agree: these values are part of the contract.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        // The published test vectors of the paper's algorithm (as in the Go implementations).
+        for (key, buckets, want) in [
+            (1u64, 1u32, 0u32),
+            (42, 57, 43),
+            (0xDEAD10CC, 1, 0),
+            (0xDEAD10CC, 666, 361),
+            (256, 1024, 520),
+        ] {
+            assert_eq!(jump_hash(key, buckets), want, "jump_hash({key}, {buckets})");
+        }
+        let pinned: Vec<u32> = ["r-bp1", "r-bp2", "r-uf6x", "r-2ze9"]
+            .iter()
+            .map(|id| shard_of(id, 5))
+            .collect();
+        assert_eq!(pinned, PINNED_SHARDS_OF_5);
+    }
+
+    /// Cross-checked with an independent implementation (Python) and frozen.
+    const PINNED_SHARDS_OF_5: [u32; 4] = [4, 1, 4, 1];
+
+    #[test]
+    fn growing_moves_few_and_only_to_the_new_shard() {
+        for m in 1..12u32 {
+            let mut moved = 0;
+            for n in 0..10_000 {
+                let id = format!("r-{n:05}");
+                let (a, b) = (shard_of(&id, m), shard_of(&id, m + 1));
+                if a != b {
+                    assert_eq!(b, m, "{id} moved from {a} to an old shard {b}");
+                    moved += 1;
+                }
+            }
+            let expected = 10_000.0 / f64::from(m + 1);
+            assert!(
+                (f64::from(moved) - expected).abs() < expected * 0.15,
+                "{m} -> {}: {moved} moved, about {expected} expected",
+                m + 1
+            );
+        }
+    }
+
+    #[test]
+    fn ordinals() {
+        assert_eq!(ordinal_from_hostname("redis-session-exporter-2"), Ok(2));
+        assert_eq!(
+            ordinal_from_hostname("exporter-10.svc.cluster.local"),
+            Ok(10)
+        );
+        assert_eq!(ordinal_from_hostname(" x-0\n"), Ok(0));
+        for bad in [
+            "exporter",
+            "exporter-",
+            "-3",
+            "exporter-a1",
+            "exporter-99999999999",
+            "",
+        ] {
+            assert!(ordinal_from_hostname(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`direct`]: the other source: `CLIENT LIST` read from the Redis nodes themselves.
 //! - [`source`]: the seam between the scheduler and any source, the shared throttle, retries.
 //! - [`snapshot`]: the fold from sessions to one instance's typed aggregate.
+//! - [`discovery`]: instances found in the cloud's inventory (R-KVStore `DescribeInstances`).
 //! - [`fleet`]: which instances this replica polls (configured, discovered, sharded).
 //! - [`scheduler`]: one task per instance on a jittered grid; publishes encoded results.
 //! - [`exposition`]: classic text and OpenMetrics, encoded once per poll.
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod das;
 pub mod demo;
 pub mod direct;
+pub mod discovery;
 pub mod exposition;
 pub mod fleet;
 pub mod scheduler;

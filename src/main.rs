@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use redis_session_exporter::config::{Config, Overrides};
 use redis_session_exporter::simulator::SimConfig;
 use redis_session_exporter::webconfig::WebConfig;
-use redis_session_exporter::{credentials, daemon, demo, simulator, telemetry};
+use redis_session_exporter::{credentials, daemon, demo, fleet, simulator, telemetry};
 
 /// Prometheus exporter for the client sessions of ApsaraDB for Redis / Tair (DAS GetRedisAllSession).
 #[derive(Debug, Parser)]
@@ -26,6 +26,21 @@ struct Cli {
     /// TLS and basic auth for the HTTP endpoint, in the Prometheus exporter-toolkit format (YAML).
     #[arg(long = "web.config.file", global = true, value_name = "FILE")]
     web_config_file: Option<PathBuf>,
+    /// This replica's shard, from 0 (overrides `[sharding] shard`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        conflicts_with = "shard_from_hostname"
+    )]
+    shard: Option<u32>,
+    /// Number of shards the fleet is split into (overrides `[sharding] total_shards`).
+    #[arg(long = "total-shards", global = true, value_name = "M")]
+    total_shards: Option<u32>,
+    /// Take the shard from a StatefulSet pod name `<name>-<ordinal>` ($HOSTNAME, else the
+    /// system's hostname); the total comes from the configuration or the environment.
+    #[arg(long = "shard-from-hostname", global = true)]
+    shard_from_hostname: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -87,7 +102,35 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
         .config
         .as_ref()
         .ok_or("no configuration: pass --config FILE (or run `demo`)")?;
-    Config::load(path, &Overrides { listen: cli.listen }).map_err(|e| e.to_string())
+    Config::load(path, &overrides(cli)?).map_err(|e| e.to_string())
+}
+
+/// The flags that win over the file and the environment.
+fn overrides(cli: &Cli) -> Result<Overrides, String> {
+    let shard = if cli.shard_from_hostname {
+        let name = hostname().ok_or("--shard-from-hostname: cannot read the hostname")?;
+        Some(
+            fleet::ordinal_from_hostname(&name)
+                .map_err(|e| format!("--shard-from-hostname: {e}"))?,
+        )
+    } else {
+        cli.shard
+    };
+    Ok(Overrides {
+        listen: cli.listen,
+        shard,
+        total_shards: cli.total_shards,
+    })
+}
+
+/// `$HOSTNAME` (a Kubernetes pod's name), else the kernel's hostname.
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }
 
 /// Cancels the token on SIGTERM or Ctrl-C.
@@ -193,7 +236,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Arc::new(credentials::Unavailable::new(e))
                 }
             };
-            let (path, overrides) = (cli.config.clone(), Overrides { listen: cli.listen });
+            let (path, overrides) = (
+                cli.config.clone(),
+                overrides(&cli).map_err(anyhow::Error::msg)?,
+            );
             let reloader: daemon::Reloader = Arc::new(move || {
                 let path = path.as_ref().ok_or("no configuration file")?;
                 Config::load(path, &overrides).map_err(|e| e.to_string())

@@ -127,7 +127,10 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 
 /// Reads the body chunk by chunk and stops as soon as it passes `max`, so one huge answer cannot
 /// exhaust memory. A stalled body is caught by the attempt's timeout around this.
-async fn read_capped(mut resp: reqwest::Response, max: u64) -> Result<Vec<u8>, PollError> {
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    max: u64,
+) -> Result<Vec<u8>, PollError> {
     let hint = resp.content_length().unwrap_or(0);
     if hint > max {
         return Err(PollError::InvalidResponse(format!(
@@ -183,7 +186,7 @@ pub fn classify(
 }
 
 /// A transport failure, described without the URL (whose query holds the signature and token).
-fn transport_error(e: &reqwest::Error) -> PollError {
+pub(crate) fn transport_error(e: &reqwest::Error) -> PollError {
     let mut msg = String::new();
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = src {
@@ -205,7 +208,7 @@ fn transport_error(e: &reqwest::Error) -> PollError {
 
 /// Removes every secret (raw or percent-encoded) from an error's text: a gateway's
 /// `SignatureDoesNotMatch` message echoes the whole string to sign, token included.
-fn scrub(e: PollError, creds: &Credentials) -> PollError {
+pub(crate) fn scrub(e: PollError, creds: &Credentials) -> PollError {
     let mut needles = creds.sensitive_strings();
     needles.push(creds.access_key_id.clone());
     let clean = |s: String| {

@@ -27,6 +27,15 @@ use tokio_util::sync::CancellationToken;
 pub use faults::Fault;
 
 use crate::das::{sign, ACTION, API_VERSION};
+use crate::discovery::{self, InventoryInstance, Tag, Tags};
+
+/// What an authenticated request asks for.
+enum Request {
+    /// GetRedisAllSession of this instance.
+    Sessions(String),
+    /// R-KVStore DescribeInstances.
+    Inventory,
+}
 
 /// One key pair the simulator accepts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +79,9 @@ pub struct SimConfig {
     /// `redis://host:port`: every instance answers with this server's real `CLIENT LIST`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_redis: Option<String>,
+    /// What R-KVStore `DescribeInstances` lists (served on the same endpoint; replaceable at
+    /// run time with `PUT /_sim/inventory`).
+    pub inventory: Vec<InventoryInstance>,
 }
 
 /// Key pair the simulator accepts when none is configured (obviously fake).
@@ -91,6 +103,7 @@ impl Default for SimConfig {
             timestamp_window: Duration::from_secs(15 * 60),
             instances: BTreeMap::new(),
             from_redis: None,
+            inventory: Vec::new(),
         }
     }
 }
@@ -104,6 +117,8 @@ pub struct Stats {
     pub rejected: BTreeMap<String, u64>,
     /// Answers per instance per fault served (`ok` for a normal answer).
     pub answers: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Authenticated DescribeInstances requests (pages), per `RegionId`.
+    pub describe_requests: BTreeMap<String, u64>,
     /// Unix milliseconds of every authenticated request, in arrival order (bounded).
     pub arrivals_ms: Vec<u64>,
 }
@@ -117,6 +132,7 @@ struct SimState {
     faults: Mutex<HashMap<String, Fault>>,
     /// The real server behind `from_redis`.
     redis: Option<crate::direct::NodeClient>,
+    inventory: Mutex<Vec<InventoryInstance>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -140,6 +156,7 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
         .filter_map(|(id, i)| i.fault.clone().map(|f| (id.clone(), f)))
         .collect();
     let state = Arc::new(SimState {
+        inventory: Mutex::new(cfg.inventory.clone()),
         cfg: Mutex::new(cfg),
         nonces: Mutex::new(HashMap::new()),
         stats: Mutex::new(Stats::default()),
@@ -156,6 +173,7 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
         .route("/_sim/answer/{instance}", get(current_answer))
         .route("/_sim/keys", put(add_key))
         .route("/_sim/keys/{id}", axum::routing::delete(remove_key))
+        .route("/_sim/inventory", get(get_inventory).put(put_inventory))
         .with_state(state))
 }
 
@@ -209,13 +227,13 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         .into_response()
 }
 
-/// Checks a request like the gateway does; on success returns the instance id.
+/// Checks a request like the gateway does; on success says what it asks for.
 #[allow(clippy::result_large_err)] // the error is the response itself, built once per request
 fn authenticate(
     st: &SimState,
     method: &Method,
     params: &[(String, String)],
-) -> Result<String, Response> {
+) -> Result<Request, Response> {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let reject = |status, code: &str, msg: &str| {
         *lock(&st.stats).rejected.entry(code.to_owned()).or_insert(0) += 1;
@@ -319,6 +337,17 @@ fn authenticate(
             ));
         }
     }
+    if get("Action") == Some(discovery::ACTION) {
+        return if get("Version") != Some(discovery::API_VERSION) {
+            Err(reject(
+                StatusCode::BAD_REQUEST,
+                "InvalidVersion",
+                "Specified parameter Version is not valid.",
+            ))
+        } else {
+            Ok(Request::Inventory)
+        };
+    }
     if get("Version") != Some(API_VERSION) {
         return Err(reject(
             StatusCode::BAD_REQUEST,
@@ -341,7 +370,7 @@ fn authenticate(
         ));
     }
     match get("InstanceId").filter(|i| !i.is_empty()) {
-        Some(id) => Ok(id.to_owned()),
+        Some(id) => Ok(Request::Sessions(id.to_owned())),
         None => Err(reject(
             StatusCode::BAD_REQUEST,
             "InvalidParams",
@@ -441,7 +470,8 @@ async fn api(
     }
     let params = parse_params(q.as_deref(), &body);
     let instance = match authenticate(&st, &method, &params) {
-        Ok(i) => i,
+        Ok(Request::Sessions(i)) => i,
+        Ok(Request::Inventory) => return describe_instances(&st, &params).await,
         Err(resp) => return resp,
     };
     let fault = lock(&st.faults).get(&instance).cloned();
@@ -548,4 +578,113 @@ async fn current_answer(
         q.timestamp_ms.unwrap_or_else(now_ms),
         "SIM",
     ))
+}
+
+async fn get_inventory(State(st): State<Arc<SimState>>) -> Json<Vec<InventoryInstance>> {
+    Json(lock(&st.inventory).clone())
+}
+
+async fn put_inventory(
+    State(st): State<Arc<SimState>>,
+    Json(list): Json<Vec<InventoryInstance>>,
+) -> StatusCode {
+    *lock(&st.inventory) = list;
+    StatusCode::NO_CONTENT
+}
+
+/// R-KVStore `DescribeInstances`: the filters, the paging and the errors the real API applies
+/// (`RegionId` is required with tags, at most 5 tags, `PageSize` at most 50). A fault set on
+/// `DescribeInstances@<region>` or `DescribeInstances` (`/_sim/faults/…`) answers instead.
+async fn describe_instances(st: &SimState, params: &[(String, String)]) -> Response {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let region = get("RegionId").filter(|r| !r.is_empty());
+    *lock(&st.stats)
+        .describe_requests
+        .entry(region.unwrap_or("").to_owned())
+        .or_insert(0) += 1;
+    let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
+    let fault = {
+        let faults = lock(&st.faults);
+        region
+            .and_then(|r| faults.get(&format!("{}@{r}", discovery::ACTION)))
+            .or_else(|| faults.get(discovery::ACTION))
+            .cloned()
+    };
+    if let Some(f) = fault {
+        return f.respond(&[], &request_id).await;
+    }
+    let bad = |code: &str, msg: &str| error_response(StatusCode::BAD_REQUEST, code, msg);
+    let mut tags = Vec::new();
+    for n in 1..=20 {
+        match (get(&format!("Tag.{n}.Key")), get(&format!("Tag.{n}.Value"))) {
+            (Some(k), v) => tags.push((k.to_owned(), v.unwrap_or("").to_owned())),
+            (None, Some(_)) => return bad("InvalidTagKey", "Tag.N.Value given without Tag.N.Key."),
+            (None, None) => {}
+        }
+    }
+    if tags.len() > discovery::MAX_TAGS {
+        return bad("InvalidTags.Count", "At most 5 tags are allowed.");
+    }
+    if !tags.is_empty() && region.is_none() {
+        return bad(
+            "MissingRegionId",
+            "RegionId is mandatory when filtering by tags.",
+        );
+    }
+    let page_size: u64 = match get("PageSize").map(str::parse::<u64>) {
+        None => 30,
+        Some(Ok(n)) if (1..=u64::from(discovery::PAGE_SIZE)).contains(&n) => n,
+        _ => return bad("InvalidPageSize", "PageSize must be between 1 and 50."),
+    };
+    let page: u64 = match get("PageNumber").map(str::parse::<u64>) {
+        None => 1,
+        Some(Ok(n)) if n >= 1 => n,
+        _ => return bad("InvalidPageNumber", "PageNumber must be at least 1."),
+    };
+    let ids: Option<Vec<&str>> = get("InstanceIds").map(|s| s.split(',').collect());
+    let eq = |want: Option<&str>, have: &str| want.is_none_or(|w| w.eq_ignore_ascii_case(have));
+    let mut matching: Vec<InventoryInstance> = lock(&st.inventory)
+        .iter()
+        .filter(|i| {
+            eq(region, &i.region_id)
+                && eq(get("InstanceStatus"), &i.instance_status)
+                && eq(get("ArchitectureType"), &i.architecture_type)
+                && eq(get("InstanceType"), &i.instance_type)
+                && ids
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&i.instance_id.as_str()))
+                && tags.iter().all(|(k, v)| {
+                    i.tags
+                        .iter()
+                        .flat_map(|t| &t.tag)
+                        .any(|t| &t.key == k && &t.value == v)
+                })
+        })
+        .cloned()
+        .collect();
+    matching.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    let total = matching.len();
+    let list: Vec<serde_json::Value> = matching
+        .into_iter()
+        .skip(((page - 1) * page_size) as usize)
+        .take(page_size as usize)
+        .map(|mut i| {
+            // The real answer always carries Tags (possibly empty) and more fields than these.
+            i.tags.get_or_insert_with(|| Tags {
+                tag: Vec::<Tag>::new(),
+            });
+            let mut v = serde_json::to_value(&i).unwrap_or_default();
+            v["Capacity"] = 1024.into();
+            v["ZoneId"] = format!("{}-a", i.region_id).into();
+            v
+        })
+        .collect();
+    let body = serde_json::json!({
+        "RequestId": request_id,
+        "PageNumber": page,
+        "PageSize": page_size,
+        "TotalCount": total,
+        "Instances": { "KVStoreInstance": list },
+    });
+    json_ok(body.to_string().into_bytes())
 }
