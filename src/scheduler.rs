@@ -252,6 +252,21 @@ fn next_slot(
     (next, (slots_between as u64).saturating_sub(1))
 }
 
+/// The slot after a poll that was due at `prev` and ended at `now`: the next grid point, but at
+/// least half an interval after `prev`, so the poll right after start (off the grid) is not
+/// followed at once by a grid slot that happens to be near: "once at start, then every interval".
+fn plan_after_poll(
+    epoch: Instant,
+    phase: Duration,
+    interval: Duration,
+    prev: Instant,
+    now: Instant,
+) -> (Instant, u64) {
+    let floor = prev + interval / 2;
+    // Measuring skips from the floor leaves out the grid point deliberately passed over.
+    next_slot(epoch, phase, interval, floor, now.max(floor))
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -318,7 +333,7 @@ async fn run_instance(
 
         // Plan on the interval in force now: a reload during the poll already applies.
         let interval = shared.settings.load().interval;
-        let (next, mut skipped) = next_slot(
+        let (next, mut skipped) = plan_after_poll(
             epoch,
             phase(&inst.id, interval),
             interval,
@@ -440,9 +455,17 @@ mod tests {
         let (n, skipped) = next_slot(epoch, p, i, epoch + p, epoch + Duration::from_secs(25));
         assert_eq!(n - epoch, Duration::from_secs(33));
         assert_eq!(skipped, 2);
-        // The start-up poll at t=0 (before the phase): next is the first grid point, t=3.
-        let (n, skipped) = next_slot(epoch, p, i, epoch, epoch + Duration::from_millis(100));
-        assert_eq!(n - epoch, Duration::from_secs(3));
+        // The start-up poll at t=0 (before the phase): the grid point t=3 is too close to it; the
+        // next poll is t=13, and nothing counts as skipped.
+        let (n, skipped) = plan_after_poll(epoch, p, i, epoch, epoch + Duration::from_millis(100));
+        assert_eq!(n - epoch, Duration::from_secs(13));
         assert_eq!(skipped, 0);
+        // With a phase late in the interval (t=8), the first grid point is far enough: t=8.
+        let late = Duration::from_secs(8);
+        let (n, _) = plan_after_poll(epoch, late, i, epoch, epoch + Duration::from_millis(100));
+        assert_eq!(n - epoch, Duration::from_secs(8));
+        // Regular polls are unaffected by the floor.
+        let (n, skipped) = plan_after_poll(epoch, p, i, epoch + p, epoch + Duration::from_secs(25));
+        assert_eq!((n - epoch, skipped), (Duration::from_secs(33), 2));
     }
 }
