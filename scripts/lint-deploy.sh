@@ -243,7 +243,7 @@ with open("deploy/prometheus/alert-rules.yml") as f:
     alert_groups = yaml.safe_load(f)["groups"]
 with open("deploy/prometheus/recording-rules.yml") as f:
     record_groups = yaml.safe_load(f)["groups"]
-with open("deploy/README-deploy.md") as f:
+with open("README.md") as f:
     headings = {m.group(1) for m in re.finditer(r"^#{2,4} +(\S+) *$", f.read(), re.M)}
 
 alerts = set()
@@ -264,7 +264,7 @@ for g in alert_groups:
         if not url.endswith("#" + name.lower()):
             errors.append(f"{name}: runbook_url must end with #{name.lower()}")
         if name not in headings:
-            errors.append(f"{name}: no runbook section '### {name}' in deploy/README-deploy.md")
+            errors.append(f"{name}: no runbook section '### {name}' in README.md")
 
 records = set()
 for g in record_groups:
