@@ -299,6 +299,11 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(path) = &self.credentials.access_key_secret_file {
+            if let Err(reason) = check_secret_file(path) {
+                err("credentials.access_key_secret_file", reason);
+            }
+        }
         const PROVIDERS: &[&str] = &[
             "default",
             "env",
@@ -346,6 +351,18 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// A configured secret file must be readable and non-empty now, not at the first poll: a typo in
+/// a mounted Secret's path should stop the start (or the reload), not yield an exporter that runs
+/// and reports `code="credentials"` forever. Only the path and the I/O error are reported; the
+/// contents are read, checked and dropped.
+fn check_secret_file(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(())
 }
 
 /// Prometheus label-name rules, plus the exporter's reserved names.
@@ -553,6 +570,34 @@ mod tests {
             &[("REDIS_SESSION_EXPORTER_POLL__INTERVAL", "x")],
         ));
         assert!(text.contains("poll.interval"), "{text}");
+    }
+
+    #[test]
+    fn secret_file_must_be_readable_and_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "s3cr3t-value\n").unwrap();
+        let cfg = |p: &Path| {
+            format!(
+                "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = {:?}\n",
+                p.display().to_string()
+            )
+        };
+        for (p, why) in [
+            (&missing, "cannot read"),
+            (&dir.path().to_owned(), "cannot read"),
+            (&empty, "is empty"),
+        ] {
+            let text = error_text(load(&cfg(p)));
+            assert!(
+                text.contains("`credentials.access_key_secret_file`") && text.contains(why),
+                "{text}"
+            );
+        }
+        load(&cfg(&good)).unwrap();
     }
 
     #[test]

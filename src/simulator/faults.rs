@@ -40,6 +40,9 @@ pub enum Fault {
     StallMidBody,
     /// Headers and part of the body, then the connection is cut.
     ResetMidBody,
+    /// The connection is cut after the request is read, before a single byte of the answer
+    /// (what a crashed or restarting gateway does: the client sees a reset, not a status).
+    ResetBeforeResponse,
     /// A normal answer cut in the middle.
     TruncatedJson,
     /// Valid JSON that is not a GetRedisAllSession answer.
@@ -161,6 +164,20 @@ impl Fault {
                 let mut r = json(StatusCode::OK, Vec::new());
                 *r.body_mut() = Body::from_stream(stream);
                 r.headers_mut().insert("content-length", body.len().into());
+                r
+            }
+            Fault::ResetBeforeResponse => {
+                // The body fails before its first chunk: hyper then drops the connection without
+                // flushing the status line it had only buffered, so not one byte reaches the client.
+                let stream = futures_util::stream::once(async {
+                    Err::<Bytes, _>(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "reset before the answer",
+                    ))
+                });
+                let mut r = json(StatusCode::OK, Vec::new());
+                *r.body_mut() = Body::from_stream(stream);
+                r.headers_mut().insert("content-length", 1000.into());
                 r
             }
             Fault::TruncatedJson => {
