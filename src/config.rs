@@ -390,6 +390,22 @@ pub fn check_label_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes a figment path the way validation names keys: `instances[0].id`, not `instances.0.id`.
+fn key_of(path: &[String]) -> String {
+    let mut key = String::new();
+    for seg in path {
+        if !key.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            key.push_str(&format!("[{seg}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(seg);
+        }
+    }
+    key
+}
+
 /// Turns figment's errors into key-named ones (figment prefixes paths with the profile name).
 fn figment_errors(e: figment::Error) -> ConfigError {
     let errs = e
@@ -399,8 +415,11 @@ fn figment_errors(e: figment::Error) -> ConfigError {
             if path.first().is_some_and(|p| p == "default") {
                 path.remove(0);
             }
+            // Some figment errors already end their path with the unknown field; never name it twice.
             if let figment::error::Kind::UnknownField(field, _) = &e.kind {
-                path.push(field.clone());
+                if path.last() != Some(field) {
+                    path.push(field.clone());
+                }
             }
             let from = e
                 .metadata
@@ -411,7 +430,7 @@ fn figment_errors(e: figment::Error) -> ConfigError {
                 key: if path.is_empty() {
                     "(top level)".into()
                 } else {
-                    path.join(".")
+                    key_of(&path)
                 },
                 reason: format!("{}{from}", e.kind),
             }
@@ -549,7 +568,7 @@ mod tests {
                 "[[instances]]\nid = \"a\"\nlabels = { __x = \"x\" }\n",
                 "instances[0].labels.__x",
             ),
-            ("[[instances]]\nidd = \"a\"\n", "instances"),
+            ("[[instances]]\nidd = \"a\"\n", "instances[0].idd"),
             ("[das]\nendpoint = \"ftp://x\"\n", "das.endpoint"),
             (
                 "[credentials]\naccess_key_secret = \"oops-not-here\"\n",
@@ -563,7 +582,7 @@ mod tests {
         ];
         for (toml, key) in cases {
             let text = error_text(load(toml));
-            assert!(text.contains(&format!("`{key}")), "{toml:?}: {text}");
+            assert!(text.contains(&format!("`{key}`")), "{toml:?}: {text}");
         }
         let text = error_text(load_env(
             MINIMAL,
