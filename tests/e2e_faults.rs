@@ -369,7 +369,9 @@ async fn a_mix_of_faults_across_many_instances() {
         ),
     ];
     // Instance i: a steady fault, a flapping one, or none (every fourth instance is healthy).
-    let mut plan: Vec<(String, Option<(&str, &str)>, bool)> = Vec::new();
+    /// (instance id, (fault, code) if any, whether the fault flaps).
+    type Plan = (String, Option<(&'static str, &'static str)>, bool);
+    let mut plan: Vec<Plan> = Vec::new();
     for i in 0..N {
         let id = format!("r-mix-{i:03}");
         let (fault, flaps) = match i % 4 {
