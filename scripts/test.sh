@@ -40,6 +40,14 @@ if [ "${SKIP_INSTALL:-0}" != 1 ] && ! python3 -c 'import prometheus_client' 2>/d
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'prometheus_client>=0.20'
 fi
 
+# Cargo tools from crates.io, built once: cargo-deny (dependency policy) and cargo-fuzz.
+for tool in cargo-deny cargo-fuzz; do
+  if [ "${SKIP_INSTALL:-0}" != 1 ] && ! command -v "$tool" >/dev/null 2>&1; then
+    echo "test.sh: installing $tool (cargo install)" >&2
+    cargo install --locked --quiet "$tool"
+  fi
+done
+
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
@@ -48,3 +56,20 @@ echo "== deploy lints" >&2
 bash scripts/lint-deploy.sh
 echo "== cargo test" >&2
 cargo test --locked --all-targets
+echo "== cargo deny (bans, licenses, sources)" >&2
+cargo deny --offline check --hide-inclusion-graph bans licenses sources
+# Fuzzing: libFuzzer needs nightly-only rustc flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain
+# accept them. Each target runs for FUZZ_SECONDS (default 20; 0 only builds the targets), from
+# the committed seeds; a crash fails the run and leaves its input in fuzz/artifacts/.
+echo "== cargo fuzz" >&2
+fuzz_seconds="${FUZZ_SECONDS:-20}"
+for target in decode parse_flags; do
+  if [ "$fuzz_seconds" -gt 0 ]; then
+    corpus="$(mktemp -d)"
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" "$corpus" "seeds/$target" -- \
+      -max_total_time="$fuzz_seconds" -rss_limit_mb=1024 -print_final_stats=1 2>&1 | tail -n 40)
+    rm -rf "$corpus"
+  else
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none "$target")
+  fi
+done

@@ -367,6 +367,11 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(path) = &self.credentials.access_key_secret_file {
+            if let Err(reason) = check_secret_file(path) {
+                err("credentials.access_key_secret_file", reason);
+            }
+        }
         const PROVIDERS: &[&str] = &[
             "default",
             "env",
@@ -457,6 +462,18 @@ impl Config {
     }
 }
 
+/// A configured secret file must be readable and non-empty now, not at the first poll: a typo in
+/// a mounted Secret's path should stop the start (or the reload), not yield an exporter that runs
+/// and reports `code="credentials"` forever. Only the path and the I/O error are reported; the
+/// contents are read, checked and dropped.
+fn check_secret_file(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(())
+}
+
 /// Prometheus label-name rules, plus the exporter's reserved names.
 pub fn check_label_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
@@ -482,6 +499,22 @@ pub fn check_label_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes a figment path the way validation names keys: `instances[0].id`, not `instances.0.id`.
+fn key_of(path: &[String]) -> String {
+    let mut key = String::new();
+    for seg in path {
+        if !key.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            key.push_str(&format!("[{seg}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(seg);
+        }
+    }
+    key
+}
+
 /// Turns figment's errors into key-named ones (figment prefixes paths with the profile name).
 fn figment_errors(e: figment::Error) -> ConfigError {
     let errs = e
@@ -491,8 +524,11 @@ fn figment_errors(e: figment::Error) -> ConfigError {
             if path.first().is_some_and(|p| p == "default") {
                 path.remove(0);
             }
+            // Some figment errors already end their path with the unknown field; never name it twice.
             if let figment::error::Kind::UnknownField(field, _) = &e.kind {
-                path.push(field.clone());
+                if path.last() != Some(field) {
+                    path.push(field.clone());
+                }
             }
             let from = e
                 .metadata
@@ -503,7 +539,7 @@ fn figment_errors(e: figment::Error) -> ConfigError {
                 key: if path.is_empty() {
                     "(top level)".into()
                 } else {
-                    path.join(".")
+                    key_of(&path)
                 },
                 reason: format!("{}{from}", e.kind),
             }
@@ -642,7 +678,7 @@ mod tests {
                 "[[instances]]\nid = \"a\"\nlabels = { __x = \"x\" }\n",
                 "instances[0].labels.__x",
             ),
-            ("[[instances]]\nidd = \"a\"\n", "instances"),
+            ("[[instances]]\nidd = \"a\"\n", "instances[0].idd"),
             ("[das]\nendpoint = \"ftp://x\"\n", "das.endpoint"),
             (
                 "[credentials]\naccess_key_secret = \"oops-not-here\"\n",
@@ -656,13 +692,41 @@ mod tests {
         ];
         for (toml, key) in cases {
             let text = error_text(load(toml));
-            assert!(text.contains(&format!("`{key}")), "{toml:?}: {text}");
+            assert!(text.contains(&format!("`{key}`")), "{toml:?}: {text}");
         }
         let text = error_text(load_env(
             MINIMAL,
             &[("REDIS_SESSION_EXPORTER_POLL__INTERVAL", "x")],
         ));
         assert!(text.contains("poll.interval"), "{text}");
+    }
+
+    #[test]
+    fn secret_file_must_be_readable_and_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "s3cr3t-value\n").unwrap();
+        let cfg = |p: &Path| {
+            format!(
+                "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = {:?}\n",
+                p.display().to_string()
+            )
+        };
+        for (p, why) in [
+            (&missing, "cannot read"),
+            (&dir.path().to_owned(), "cannot read"),
+            (&empty, "is empty"),
+        ] {
+            let text = error_text(load(&cfg(p)));
+            assert!(
+                text.contains("`credentials.access_key_secret_file`") && text.contains(why),
+                "{text}"
+            );
+        }
+        load(&cfg(&good)).unwrap();
     }
 
     #[test]

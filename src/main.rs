@@ -1,4 +1,5 @@
 //! The `redis-session-exporter` binary: argument parsing, logging, signals; nothing else.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -514,6 +514,21 @@ mod tests {
     }
 
     proptest! {
+        /// Any text: no panic, only defined slots set, and the set is the union of the letters'
+        /// slots (so a letter counts once however often it repeats).
+        #[test]
+        fn parse_flags_is_total_and_a_union(flags in any::<String>()) {
+            let bits = parse_flags(&flags);
+            prop_assert_eq!(bits >> (FLAG_UNKNOWN + 1), 0);
+            let union = flags.chars().fold(0u32, |acc, c| acc | parse_flags(c.encode_utf8(&mut [0; 4])));
+            prop_assert_eq!(bits, union);
+            for (i, (letter, _)) in FLAGS.iter().enumerate() {
+                prop_assert_eq!(bits & (1 << i) != 0, flags.contains(*letter));
+            }
+            let unknown = flags.chars().any(|c| !FLAGS.iter().any(|(l, _)| *l == c));
+            prop_assert_eq!(bits & (1 << FLAG_UNKNOWN) != 0, unknown);
+        }
+
         /// Whatever the sessions, every breakdown accounts for every session exactly once.
         #[test]
         fn counts_add_up_and_caps_hold(

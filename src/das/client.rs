@@ -158,14 +158,15 @@ pub fn classify(
     limits: &Limits,
 ) -> Result<Snapshot, PollError> {
     if status.is_success() {
-        return wire::decode(body, limits).map_err(|e| match e {
+        let snap = wire::decode(body, limits).map_err(|e| match e {
             wire::DecodeError::Api { code, message } => PollError::Api {
                 code,
                 message,
                 retry_after,
             },
             wire::DecodeError::Invalid(m) => PollError::InvalidResponse(m),
-        });
+        })?;
+        return check_complete(snap);
     }
     // Error answers are classified by their `Code`, not by the status.
     if let Some((code, message)) = wire::error_code(body) {
@@ -183,6 +184,29 @@ pub fn classify(
         status: status.as_u16(),
         detail: wire::truncate(detail.trim(), 120),
     })
+}
+
+/// The `code` of an answer whose `Data.Total` promises more sessions than it lists.
+pub const INCOMPLETE_RESPONSE: &str = "incomplete_response";
+
+/// Refuses an answer that lists fewer sessions than its own `Data.Total`.
+///
+/// Every breakdown (by command, client, source, node) would silently undercount, and an
+/// exporter that serves wrong figures as if they were right is worse than one that says it
+/// cannot see: so the poll fails with its own code (not retried: the next round asks again),
+/// and the instance shows `up 0` until a complete answer arrives. Fewer reported than listed
+/// is harmless (the listed sessions are what is counted) and accepted.
+fn check_complete(snap: Snapshot) -> Result<Snapshot, PollError> {
+    if snap.reported_total > snap.sessions {
+        return Err(PollError::Other {
+            code: INCOMPLETE_RESPONSE,
+            message: format!(
+                "Data.Total is {} but only {} sessions were listed",
+                snap.reported_total, snap.sessions
+            ),
+        });
+    }
+    Ok(snap)
 }
 
 /// A transport failure, described without the URL (whose query holds the signature and token).
@@ -290,6 +314,24 @@ mod tests {
         assert!(!e.is_transient());
         let e = classify(StatusCode::OK, None, b"{\"Data\":{\"Sess", &limits()).unwrap_err();
         assert_eq!(e.code(), "invalid_response");
+    }
+
+    #[test]
+    fn incomplete_answers_are_refused_with_their_own_code() {
+        let short = br#"{"Code":200,"Data":{"Total":3,"Sessions":[{"Cmd":"get"},{"Cmd":"get"}]}}"#;
+        let e = classify(StatusCode::OK, None, short, &limits()).unwrap_err();
+        assert_eq!(e.code(), INCOMPLETE_RESPONSE);
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("Total is 3 but only 2"), "{e}");
+        // More listed than reported, or no Total at all: the listed sessions are the truth.
+        for body in [
+            &br#"{"Code":200,"Data":{"Total":1,"Sessions":[{"Cmd":"get"},{"Cmd":"get"}]}}"#[..],
+            br#"{"Code":200,"Data":{"Sessions":[{"Cmd":"get"}]}}"#,
+            br#"{"Code":200,"Data":{"Total":2,"Sessions":[{"Cmd":"get"},{"Cmd":"get"}]}}"#,
+        ] {
+            let s = classify(StatusCode::OK, None, body, &limits()).unwrap();
+            assert!(s.sessions >= 1);
+        }
     }
 
     #[test]

@@ -525,7 +525,124 @@ mod tests {
         }
     }
 
+    /// Every breakdown of an accepted answer accounts for each listed session exactly once.
+    fn assert_counts_add_up(s: &Snapshot) -> Result<(), proptest::test_runner::TestCaseError> {
+        let n = s.sessions;
+        let sum = |v: &[(String, u64)]| v.iter().map(|x| x.1).sum::<u64>();
+        proptest::prop_assert_eq!(sum(&s.by_node), n);
+        proptest::prop_assert_eq!(sum(&s.by_command), n);
+        proptest::prop_assert_eq!(sum(&s.by_client_name), n);
+        proptest::prop_assert_eq!(s.by_db.iter().map(|x| x.1).sum::<u64>(), n);
+        for d in [&s.idle, &s.age, &s.query_buffer, &s.output_buffer] {
+            proptest::prop_assert_eq!(d.count(), n);
+        }
+        proptest::prop_assert!(s.by_flag.iter().all(|&f| f <= n));
+        proptest::prop_assert!(s.in_transaction <= n);
+        Ok(())
+    }
+
+    /// A real answer as the simulator (and the service) writes it.
+    fn simulated(seed: u64, count: usize) -> Vec<u8> {
+        let sessions = crate::simulator::data::sessions(seed, "r-prop", seed % 3, count);
+        crate::simulator::data::answer(&sessions, count as u64, 1_700_000_000_000, "PROP")
+    }
+
+    /// A session object with every field drawn from the shapes real answers use, and some they
+    /// should not (arrays, objects, booleans, huge and negative numbers).
+    fn arb_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| if v.is_finite() {
+                format!("{v:e}")
+            } else {
+                "1e999".into()
+            }),
+            "[a-zA-Z0-9 |.:#-]{0,12}".prop_map(|v| format!("{v:?}")),
+            any::<i64>().prop_map(|v| format!("\"{v}\"")),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("[1,\"x\"]".to_owned()),
+            Just("{\"a\":{}}".to_owned()),
+        ]
+    }
+
+    const FIELDS: &[&str] = &[
+        "NodeId", "Cmd", "Name", "Flags", "Db", "Sub", "Psub", "Multi", "Qbuf", "QbufFree", "Obl",
+        "Oll", "Omem", "Idle", "Age", "Client", "Id",
+    ];
+
+    fn arb_session() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec((0..FIELDS.len(), arb_value()), 0..10).prop_map(|fields| {
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(f, v)| format!("{:?}:{v}", FIELDS[*f]))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        /// Structured answers with lenient and hostile field types: never a panic, and when
+        /// accepted, the counts add up and match the sessions listed.
+        #[test]
+        fn generated_answers_add_up(
+            sessions in proptest::collection::vec(arb_session(), 0..40),
+            total in proptest::option::of(arb_value()),
+        ) {
+            let total = total.map(|t| format!("\"Total\":{t},")).unwrap_or_default();
+            let body = format!(
+                r#"{{"Code":200,"Success":true,"Data":{{{total}"Sessions":[{}]}}}}"#,
+                sessions.join(",")
+            );
+            match decode(body.as_bytes(), &Limits::default()) {
+                Ok(s) => assert_counts_add_up(&s)?,
+                // A field of the wrong kind (an array for Idle) refuses the whole answer.
+                Err(DecodeError::Invalid(_)) => {}
+                Err(e) => proptest::prop_assert!(false, "unexpected {e:?}"),
+            }
+        }
+
+        /// A real answer, mutated by a few byte edits, inserts, deletes or a cut: never a panic;
+        /// when still accepted, the counts add up.
+        #[test]
+        fn edited_real_answers_never_panic(
+            seed in 0u64..1000,
+            count in 0usize..30,
+            edits in proptest::collection::vec((0usize..100_000, 0u8..3, proptest::num::u8::ANY), 1..6),
+            cut in proptest::option::of(0usize..100_000),
+        ) {
+            let mut body = simulated(seed, count);
+            for (pos, op, byte) in edits {
+                let i = pos % (body.len() + 1);
+                match op {
+                    0 if i < body.len() => body[i] = byte,
+                    1 => body.insert(i, byte),
+                    _ if i < body.len() => { body.remove(i); }
+                    _ => {}
+                }
+            }
+            if let Some(c) = cut {
+                body.truncate(c % (body.len() + 1));
+            }
+            if let Ok(s) = decode(&body, &Limits::default()) {
+                assert_counts_add_up(&s)?;
+            }
+            let _ = error_code(&body);
+        }
+
+        /// Untouched real answers decode to exactly the sessions they list.
+        #[test]
+        fn real_answers_decode_exactly(seed in 0u64..1000, count in 0usize..200) {
+            let s = decode(&simulated(seed, count), &Limits::default()).unwrap();
+            proptest::prop_assert_eq!(s.sessions, count as u64);
+            proptest::prop_assert_eq!(s.reported_total, count as u64);
+            assert_counts_add_up(&s)?;
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = decode(&body, &Limits::default());
@@ -538,7 +655,7 @@ mod tests {
             let i = pos % body.len();
             body[i] = byte;
             if let Ok(s) = decode(&body, &Limits::default()) {
-                proptest::prop_assert_eq!(s.by_node.iter().map(|x| x.1).sum::<u64>(), s.sessions);
+                assert_counts_add_up(&s)?;
             }
         }
     }

@@ -40,6 +40,9 @@ pub enum Fault {
     StallMidBody,
     /// Headers and part of the body, then the connection is cut.
     ResetMidBody,
+    /// The connection is cut after the request is read, before a single byte of the answer
+    /// (what a crashed or restarting gateway does: the client sees a reset, not a status).
+    ResetBeforeResponse,
     /// A normal answer cut in the middle.
     TruncatedJson,
     /// Valid JSON that is not a GetRedisAllSession answer.
@@ -48,8 +51,13 @@ pub enum Fault {
     SuccessFalse,
     /// HTTP 200 with `Data: null`.
     DataNull,
-    /// A valid answer padded to `bytes`.
-    Oversized { bytes: u64 },
+    /// A valid answer padded to `bytes`; with `chunked`, streamed in 64 KiB chunks without a
+    /// `content-length`, so only a cap enforced while reading can stop it.
+    Oversized {
+        bytes: u64,
+        #[serde(default)]
+        chunked: bool,
+    },
     /// `Total` larger than the list of sessions.
     TotalMismatch { extra: u64 },
     /// `fault` on every `every`-th request, a normal answer otherwise.
@@ -163,6 +171,20 @@ impl Fault {
                 r.headers_mut().insert("content-length", body.len().into());
                 r
             }
+            Fault::ResetBeforeResponse => {
+                // The body fails before its first chunk: hyper then drops the connection without
+                // flushing the status line it had only buffered, so not one byte reaches the client.
+                let stream = futures_util::stream::once(async {
+                    Err::<Bytes, _>(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "reset before the answer",
+                    ))
+                });
+                let mut r = json(StatusCode::OK, Vec::new());
+                *r.body_mut() = Body::from_stream(stream);
+                r.headers_mut().insert("content-length", 1000.into());
+                r
+            }
             Fault::TruncatedJson => {
                 let body = normal();
                 json(StatusCode::OK, body[..body.len() * 2 / 3].to_vec())
@@ -179,7 +201,7 @@ impl Fault {
                 StatusCode::OK,
                 format!(r#"{{"Code":200,"Success":true,"Message":"Successful","RequestId":"{request_id}","Data":null}}"#).into_bytes(),
             ),
-            Fault::Oversized { bytes } => {
+            Fault::Oversized { bytes, chunked } => {
                 let mut body = normal();
                 // Pad inside the object with an ignored field, so the JSON itself stays valid.
                 body.pop();
@@ -187,7 +209,17 @@ impl Fault {
                 body.extend_from_slice(b",\"Padding\":\"");
                 body.resize(body.len() + pad, b'x');
                 body.extend_from_slice(b"\"}");
-                json(StatusCode::OK, body)
+                if !chunked {
+                    return json(StatusCode::OK, body);
+                }
+                let chunks: Vec<Result<Bytes, std::io::Error>> = body
+                    .chunks(64 * 1024)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                let mut r = json(StatusCode::OK, Vec::new());
+                *r.body_mut() = Body::from_stream(futures_util::stream::iter(chunks));
+                r.headers_mut().remove("content-length");
+                r
             }
             Fault::TotalMismatch { extra } => json(
                 StatusCode::OK,

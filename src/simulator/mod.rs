@@ -70,6 +70,10 @@ pub struct SimConfig {
     pub churn: bool,
     #[serde(with = "humantime_serde")]
     pub churn_period: Duration,
+    /// With `churn`, also give some sessions client names, commands and source addresses that
+    /// exist for one generation only, so label values keep coming and going without bound (the
+    /// soak test's workload: the exporter's caps must hold the series count flat).
+    pub churn_identities: bool,
     /// Default sessions per instance; 0 picks 50..=400 by instance id.
     pub sessions: usize,
     /// The gateway's clock-skew allowance.
@@ -99,6 +103,7 @@ impl Default for SimConfig {
             seed: 42,
             churn: false,
             churn_period: Duration::from_secs(15),
+            churn_identities: false,
             sessions: 0,
             timestamp_window: Duration::from_secs(15 * 60),
             instances: BTreeMap::new(),
@@ -427,10 +432,28 @@ fn normal_answer(cfg: &SimConfig, instance: &str) -> (Vec<data::SimSession>, u64
     } else {
         count
     };
-    (
-        data::sessions(cfg.seed, instance, generation, count),
-        generation,
-    )
+    let mut sessions = data::sessions(cfg.seed, instance, generation, count);
+    if cfg.churn && cfg.churn_identities {
+        churn_identities(&mut sessions, generation);
+    }
+    (sessions, generation)
+}
+
+/// Renames a share of the sessions after `generation`: every value made here is new.
+fn churn_identities(sessions: &mut [data::SimSession], generation: u64) {
+    for (i, s) in sessions.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            s.name = format!("job-g{generation}-{}", i % 7);
+        }
+        if i % 4 == 0 {
+            s.cmd = format!("x.cmd.g{generation}.{}", i % 5);
+        }
+        if i % 5 == 0 {
+            let g = generation % 60_000;
+            s.client = format!("172.{}.{}.{}", 16 + g / 250 % 16, g % 250, i % 200 + 1);
+            s.addr = format!("{}:{}", s.client, 20_000 + i);
+        }
+    }
 }
 
 /// The sessions `instance` has now: generated, or the real server's with `from_redis`.

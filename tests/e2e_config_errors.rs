@@ -1,0 +1,147 @@
+//! End to end, bad configuration: the real binary, both as `check-config` and as the daemon,
+//! exits non-zero on every kind of config error, and its message names the key and the reason.
+//! The daemon must refuse to start rather than run half-configured.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// (what is wrong, config file, key the message must name, words of the reason).
+const CASES: &[(&str, &str, &str, &str)] = &[
+    ("unknown key", "[poll]\nintervall = \"1s\"\n[[instances]]\nid = \"r-a\"\n", "poll.intervall", "unknown field"),
+    ("unknown top-level key", "bogus = 1\n[[instances]]\nid = \"r-a\"\n", "bogus", "unknown field"),
+    ("unknown section", "[polls]\ninterval = \"1s\"\n[[instances]]\nid = \"r-a\"\n", "polls", "unknown field"),
+    ("unknown key in an instance", "[[instances]]\nid = \"r-a\"\n[[instances]]\nidd = \"r-b\"\n", "instances[1].idd", "unknown field"),
+    ("bad duration", "[poll]\ninterval = \"soon\"\n[[instances]]\nid = \"r-a\"\n", "poll.interval", "soon"),
+    ("bad timeout", "[das]\ntimeout = \"10 parsecs\"\n[[instances]]\nid = \"r-a\"\n", "das.timeout", "parsecs"),
+    ("zero timeout", "[das]\ntimeout = \"0s\"\n[[instances]]\nid = \"r-a\"\n", "das.timeout", "greater than zero"),
+    ("interval below 1s", "[poll]\ninterval = \"100ms\"\n[[instances]]\nid = \"r-a\"\n", "poll.interval", "at least 1s"),
+    ("empty instance id", "[[instances]]\nid = \"\"\n", "instances[0].id", "must not be empty"),
+    ("blank instance id", "[[instances]]\nid = \"r-a\"\n[[instances]]\nid = \"  \"\n", "instances[1].id", "must not be empty"),
+    ("duplicate instance id", "[[instances]]\nid = \"r-a\"\n[[instances]]\nid = \"r-a\"\n", "instances[1].id", "duplicate"),
+    ("zero concurrency", "[poll]\nconcurrency = 0\n[[instances]]\nid = \"r-a\"\n", "poll.concurrency", "at least 1"),
+    ("zero rate", "[poll]\nmax_requests_per_second = 0\n[[instances]]\nid = \"r-a\"\n", "poll.max_requests_per_second", "greater than zero"),
+    ("negative rate", "[poll]\nmax_requests_per_second = -2.5\n[[instances]]\nid = \"r-a\"\n", "poll.max_requests_per_second", "greater than zero"),
+    ("malformed label name", "[[instances]]\nid = \"r-a\"\nlabels = { \"team-name\" = \"x\" }\n", "instances[0].labels.team-name", "not a valid label name"),
+    ("label starting with a digit", "[[instances]]\nid = \"r-a\"\nlabels = { \"1team\" = \"x\" }\n", "instances[0].labels.1team", "not a valid label name"),
+    ("reserved label", "[[instances]]\nid = \"r-a\"\nlabels = { __meta = \"x\" }\n", "instances[0].labels.__meta", "reserved"),
+    ("label colliding with the exporter's", "[[instances]]\nid = \"r-a\"\nlabels = { instance_id = \"x\" }\n", "instances[0].labels.instance_id", "collides"),
+    ("label colliding with a breakdown", "[[instances]]\nid = \"r-a\"\nlabels = { command = \"x\" }\n", "instances[0].labels.command", "collides"),
+    ("body cap too small", "[das]\nmax_body_bytes = 10\n[[instances]]\nid = \"r-a\"\n", "das.max_body_bytes", "at least"),
+    ("endpoint not a URL", "[das]\nendpoint = \"not a url\"\n[[instances]]\nid = \"r-a\"\n", "das.endpoint", "not an http"),
+    ("unknown provider", "[credentials]\nprovider = \"magic\"\n[[instances]]\nid = \"r-a\"\n", "credentials.provider", "unknown provider"),
+    ("missing secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/nonexistent/secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read /nonexistent/secret"),
+    ("secret file is a directory", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read /"),
+    ("empty secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"empty-secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "is empty"),
+    ("not TOML", "[poll\ninterval = 1\n", "", "TOML"),
+];
+
+/// Runs the binary to completion (bounded) and returns (exit success, everything printed).
+fn run(args: &[&str], config: &str) -> (bool, String) {
+    let mut p = spawn(
+        args,
+        &[
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", SIM_KEY_ID),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SIM_KEY_SECRET),
+        ],
+        &[("config.toml", config), ("empty-secret", "\n")],
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "{args:?} did not exit on a bad config; output:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Let the reader threads drain what the process printed.
+    std::thread::sleep(Duration::from_millis(100));
+    (status.success(), p.output())
+}
+
+#[test]
+fn every_config_error_exits_non_zero_naming_the_key_and_reason() {
+    for (what, config, key, reason) in CASES {
+        for args in [
+            &["--config", "config.toml", "check-config"][..],
+            &["--config", "config.toml", "--listen", "127.0.0.1:0"][..],
+        ] {
+            let (ok, out) = run(args, config);
+            let mode = if args.len() == 3 {
+                "check-config"
+            } else {
+                "daemon"
+            };
+            assert!(!ok, "{what} ({mode}): exited 0; output:\n{out}");
+            if !key.is_empty() {
+                assert!(
+                    out.contains(&format!("`{key}`")),
+                    "{what} ({mode}): key `{key}` not named; output:\n{out}"
+                );
+            }
+            assert!(
+                out.contains(reason),
+                "{what} ({mode}): reason {reason:?} not given; output:\n{out}"
+            );
+            assert!(
+                !out.contains("serving /metrics"),
+                "{what} ({mode}): the daemon started anyway"
+            );
+            assert!(!out.contains("panicked"), "{what} ({mode}): {out}");
+        }
+    }
+}
+
+#[test]
+fn every_error_of_one_file_is_reported_at_once() {
+    let (ok, out) = run(
+        &["--config", "config.toml", "check-config"],
+        "[poll]\nconcurrency = 0\nmax_requests_per_second = 0\n[[instances]]\nid = \"\"\n",
+    );
+    assert!(!ok);
+    for key in [
+        "poll.concurrency",
+        "poll.max_requests_per_second",
+        "instances[0].id",
+    ] {
+        assert!(out.contains(&format!("`{key}`")), "{key}: {out}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_an_error_naming_the_file() {
+    for args in [
+        &["--config", "nowhere.toml", "check-config"][..],
+        &["--config", "nowhere.toml"][..],
+    ] {
+        let (ok, out) = run(args, "");
+        assert!(!ok, "{args:?}");
+        assert!(out.contains("nowhere.toml"), "{out}");
+    }
+}
+
+#[test]
+fn a_readable_secret_file_is_accepted_and_never_printed() {
+    let mut p = spawn(
+        &["--config", "config.toml", "check-config"],
+        &[],
+        &[
+            (
+                "config.toml",
+                "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"secret\"\n[[instances]]\nid = \"r-a\"\n",
+            ),
+            ("secret", "hunter2-very-secret\n"),
+        ],
+    );
+    let status = p.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let out = p.output();
+    assert!(status.success(), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+}

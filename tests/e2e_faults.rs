@@ -1,0 +1,652 @@
+//! End to end, every fault the DAS API can throw: the real binary polls the project's simulator
+//! (or a closed port) on loopback while faults are injected per instance. For each fault the
+//! tests show that the process stays up, /metrics keeps answering while the fault is active,
+//! the instance reports `up 0` with the right `code`, healthy neighbours are unaffected, the
+//! instance recovers on the first good answer, the request rate stays within the configured
+//! limit, and the log says what failed once per change of state, not once per poll.
+//!
+//! Intervals are 1 s and timeouts 1 s, so each test runs in seconds; the timing checks are
+//! liveness bounds (a scrape within 2 s), never speed benchmarks.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A scrape must complete within this while faults are active: a liveness bound, generous on a
+/// loaded 2-core machine, far below anything a hung exporter would give.
+const SCRAPE_BOUND: Duration = Duration::from_secs(2);
+
+/// One fault, the instance that gets it, and the `code` it must be reported under.
+struct Case {
+    id: &'static str,
+    /// The simulator's TOML inline table for the fault.
+    fault: &'static str,
+    code: &'static str,
+}
+
+/// Every fault of the issue, one instance each. Ids are chosen so that none is a prefix of
+/// another followed by a space (log lines are matched on `instance_id=ID `).
+const CASES: &[Case] = &[
+    Case {
+        id: "r-throttle-user",
+        fault: r#"{ kind = "throttling_user" }"#,
+        code: "Throttling.User",
+    },
+    Case {
+        id: "r-throttle-user-ra",
+        fault: r#"{ kind = "throttling_user", retry_after_ms = 400 }"#,
+        code: "Throttling.User",
+    },
+    Case {
+        id: "r-throttle-api",
+        fault: r#"{ kind = "throttling_api" }"#,
+        code: "Throttling.Api",
+    },
+    Case {
+        id: "r-throttle-api-ra",
+        fault: r#"{ kind = "throttling_api", retry_after_ms = 400 }"#,
+        code: "Throttling.Api",
+    },
+    Case {
+        id: "r-unavailable",
+        fault: r#"{ kind = "service_unavailable" }"#,
+        code: "ServiceUnavailable",
+    },
+    Case {
+        id: "r-internal",
+        fault: r#"{ kind = "internal_error" }"#,
+        code: "InternalError",
+    },
+    Case {
+        id: "r-signature",
+        fault: r#"{ kind = "signature_does_not_match" }"#,
+        code: "SignatureDoesNotMatch",
+    },
+    Case {
+        id: "r-timestamp",
+        fault: r#"{ kind = "invalid_timestamp_expired" }"#,
+        code: "InvalidTimeStamp.Expired",
+    },
+    Case {
+        id: "r-permission",
+        fault: r#"{ kind = "no_permission" }"#,
+        code: "NoPermission",
+    },
+    Case {
+        id: "r-params",
+        fault: r#"{ kind = "invalid_params" }"#,
+        code: "InvalidParams",
+    },
+    Case {
+        id: "r-html-502",
+        fault: r#"{ kind = "html_error", status = 502 }"#,
+        code: "http_502",
+    },
+    Case {
+        id: "r-html-503",
+        fault: r#"{ kind = "html_error", status = 503 }"#,
+        code: "http_503",
+    },
+    Case {
+        id: "r-slow",
+        fault: r#"{ kind = "slow", delay_ms = 3000 }"#,
+        code: "timeout",
+    },
+    Case {
+        id: "r-stall",
+        fault: r#"{ kind = "stall_mid_body" }"#,
+        code: "timeout",
+    },
+    Case {
+        id: "r-reset-mid",
+        fault: r#"{ kind = "reset_mid_body" }"#,
+        code: "connection",
+    },
+    Case {
+        id: "r-reset-early",
+        fault: r#"{ kind = "reset_before_response" }"#,
+        code: "connection",
+    },
+    Case {
+        id: "r-truncated",
+        fault: r#"{ kind = "truncated_json" }"#,
+        code: "invalid_response",
+    },
+    Case {
+        id: "r-shape",
+        fault: r#"{ kind = "wrong_shape" }"#,
+        code: "invalid_response",
+    },
+    Case {
+        id: "r-success-false",
+        fault: r#"{ kind = "success_false" }"#,
+        code: "invalid_response",
+    },
+    Case {
+        id: "r-data-null",
+        fault: r#"{ kind = "data_null" }"#,
+        code: "invalid_response",
+    },
+    Case {
+        id: "r-oversized",
+        fault: r#"{ kind = "oversized", bytes = 2000000 }"#,
+        code: "invalid_response",
+    },
+    Case {
+        id: "r-oversized-chunked",
+        fault: r#"{ kind = "oversized", bytes = 2000000, chunked = true }"#,
+        code: "invalid_response",
+    },
+    Case {
+        id: "r-total",
+        fault: r#"{ kind = "total_mismatch", extra = 5 }"#,
+        code: "incomplete_response",
+    },
+];
+
+const HEALTHY: &[&str] = &["r-healthy-a", "r-healthy-b", "r-healthy-c"];
+
+fn up(text: &str, id: &str) -> Option<f64> {
+    value(text, &format!("redis_session_up{{instance_id=\"{id}\"}}"))
+}
+
+fn polls(text: &str, id: &str) -> f64 {
+    value(
+        text,
+        &format!("redis_session_exporter_polls_total{{instance_id=\"{id}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// `code -> count` of `redis_session_exporter_poll_errors_total` for one instance.
+fn error_codes(text: &str, id: &str) -> BTreeMap<String, f64> {
+    series_of(text, "redis_session_exporter_poll_errors_total", id)
+        .into_iter()
+        .map(|(k, v)| {
+            let code = k
+                .split("code=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_owned();
+            (code, v)
+        })
+        .collect()
+}
+
+/// Scrapes /metrics and asserts it answered within [`SCRAPE_BOUND`].
+async fn scrape_live(addr: SocketAddr) -> String {
+    let start = Instant::now();
+    let text = tokio::time::timeout(SCRAPE_BOUND * 5, scrape_text(addr))
+        .await
+        .expect("/metrics did not answer at all");
+    let took = start.elapsed();
+    assert!(
+        took < SCRAPE_BOUND,
+        "/metrics took {took:?} while faults were active"
+    );
+    text
+}
+
+/// Log lines of `proc` that contain `what` and are about instance `id`.
+fn log_lines(proc: &Proc, what: &str, id: &str) -> usize {
+    let needle = format!("instance_id={id} ");
+    proc.output
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(what) && l.contains(&needle))
+        .count()
+}
+
+fn assert_alive(p: &mut Proc) {
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "the exporter exited; output:\n{}",
+        p.output()
+    );
+}
+
+fn exporter_config(sim: SocketAddr, extra: &str, ids: &[&str]) -> String {
+    let mut c = format!(
+        r#"
+[das]
+endpoint = "http://{sim}"
+timeout = "1s"
+max_body_bytes = 1048576
+[poll]
+interval = "1s"
+concurrency = 16
+max_requests_per_second = 200
+{extra}
+"#
+    );
+    for id in ids {
+        c.push_str(&format!("[[instances]]\nid = \"{id}\"\n"));
+    }
+    c
+}
+
+/// Every fault at once, one instance each, next to healthy instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_is_survived_reported_and_recovered_from() {
+    let mut sim_toml = String::from("sessions = 25\n");
+    for c in CASES {
+        sim_toml.push_str(&format!("[instances.{}]\nfault = {}\n", c.id, c.fault));
+    }
+    let (_sim, sim) = start_simulator(&sim_toml);
+    let ids: Vec<&str> = CASES
+        .iter()
+        .map(|c| c.id)
+        .chain(HEALTHY.iter().copied())
+        .collect();
+    let (mut exporter, addr) = start_exporter(&exporter_config(sim, "", &ids), &[]);
+
+    // While every fault is active: each faulted instance is down with exactly its code, each
+    // healthy one is up with its sessions, and every scrape answers promptly. Wait for three
+    // polls of each, so "once per change of state" below is checked against repeated failures.
+    let text = wait_until(
+        "three polls of every instance",
+        Duration::from_secs(40),
+        || async {
+            let text = scrape_live(addr).await;
+            ids.iter().all(|id| polls(&text, id) >= 3.0).then_some(text)
+        },
+    )
+    .await;
+    for c in CASES {
+        assert_eq!(up(&text, c.id), Some(0.0), "{}: up", c.id);
+        let codes = error_codes(&text, c.id);
+        assert_eq!(
+            codes.keys().collect::<Vec<_>>(),
+            vec![c.code],
+            "{} ({}): error codes {codes:?}",
+            c.id,
+            c.fault
+        );
+        assert!(
+            series_of(&text, "redis_sessions", c.id).is_empty(),
+            "{}: no session figures while down",
+            c.id
+        );
+    }
+    for id in HEALTHY {
+        assert_eq!(up(&text, id), Some(1.0), "{id}");
+        assert!(error_codes(&text, id).is_empty(), "{id} saw errors");
+        let sessions: f64 = series_of(&text, "redis_sessions", id).values().sum();
+        assert_eq!(sessions, 25.0, "{id}: sessions");
+    }
+    // A few more scrapes spread over the next second, all prompt.
+    for _ in 0..5 {
+        scrape_live(addr).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_alive(&mut exporter);
+
+    // One warning per instance for the whole failing streak, however many polls failed.
+    for c in CASES {
+        assert_eq!(
+            log_lines(&exporter, "poll failing", c.id),
+            1,
+            "{}: expected one 'poll failing' line; output:\n{}",
+            c.id,
+            exporter.output()
+        );
+    }
+    for id in HEALTHY {
+        assert_eq!(log_lines(&exporter, "poll failing", id), 0, "{id}");
+    }
+    // Secrets never reach the log, even from the signature fault.
+    assert!(!exporter.output().contains(SIM_KEY_SECRET));
+
+    // Clear every fault: each instance is up again after its first good answer (at most one
+    // more poll may have happened between that answer and the scrape that sees it).
+    for c in CASES {
+        clear_fault(sim, c.id).await;
+    }
+    let mut recovered = BTreeSet::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while recovered.len() < CASES.len() {
+        assert!(
+            Instant::now() < end,
+            "not recovered: {:?}",
+            CASES
+                .iter()
+                .filter(|c| !recovered.contains(c.id))
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        );
+        let text = scrape_live(addr).await;
+        let stats = sim_stats(sim).await;
+        for c in CASES {
+            if up(&text, c.id) == Some(1.0) && recovered.insert(c.id) {
+                let ok = stats["answers"][c.id]["ok"].as_u64().unwrap_or(0);
+                assert!(
+                    (1..=3).contains(&ok),
+                    "{}: up after {ok} good answers",
+                    c.id
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = scrape_live(addr).await;
+    for c in CASES {
+        let sessions: f64 = series_of(&text, "redis_sessions", c.id).values().sum();
+        assert_eq!(sessions, 25.0, "{}: sessions after recovery", c.id);
+        assert_eq!(
+            log_lines(&exporter, "instance recovered", c.id),
+            1,
+            "{}",
+            c.id
+        );
+    }
+    assert_alive(&mut exporter);
+    assert!(exporter.terminate().success());
+}
+
+/// A mix of every fault across many instances at once, including faults that strike only
+/// every n-th request (flapping instances).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mix_of_faults_across_many_instances() {
+    const N: usize = 120;
+    let flapping = [
+        (
+            r#"{ kind = "every", every = 2, fault = { kind = "throttling_user" } }"#,
+            "Throttling.User",
+        ),
+        (
+            r#"{ kind = "every", every = 3, fault = { kind = "reset_before_response" } }"#,
+            "connection",
+        ),
+        (
+            r#"{ kind = "every", every = 2, fault = { kind = "truncated_json" } }"#,
+            "invalid_response",
+        ),
+    ];
+    // Instance i: a steady fault, a flapping one, or none (every fourth instance is healthy).
+    /// (instance id, (fault, code) if any, whether the fault flaps).
+    type Plan = (String, Option<(&'static str, &'static str)>, bool);
+    let mut plan: Vec<Plan> = Vec::new();
+    for i in 0..N {
+        let id = format!("r-mix-{i:03}");
+        let (fault, flaps) = match i % 4 {
+            0 => (None, false),
+            1 => (Some((flapping[i / 4 % 3].0, flapping[i / 4 % 3].1)), true),
+            _ => {
+                let c = &CASES[i % CASES.len()];
+                (Some((c.fault, c.code)), false)
+            }
+        };
+        plan.push((id, fault, flaps));
+    }
+    let mut sim_toml = String::from("sessions = 8\n");
+    for (id, fault, _) in &plan {
+        if let Some((f, _)) = fault {
+            sim_toml.push_str(&format!("[instances.{id}]\nfault = {f}\n"));
+        }
+    }
+    let (_sim, sim) = start_simulator(&sim_toml);
+    let ids: Vec<&str> = plan.iter().map(|p| p.0.as_str()).collect();
+    let (mut exporter, addr) = start_exporter(&exporter_config(sim, "", &ids), &[]);
+
+    let text = wait_until(
+        "four polls of every instance",
+        Duration::from_secs(45),
+        || async {
+            let text = scrape_live(addr).await;
+            ids.iter().all(|id| polls(&text, id) >= 4.0).then_some(text)
+        },
+    )
+    .await;
+    for (id, fault, flaps) in &plan {
+        let codes = error_codes(&text, id);
+        let success = value(
+            &text,
+            &format!("redis_session_last_success_timestamp_seconds{{instance_id=\"{id}\"}}"),
+        )
+        .unwrap_or(0.0);
+        match fault {
+            None => {
+                assert_eq!(up(&text, id), Some(1.0), "{id}");
+                assert!(codes.is_empty(), "{id}: {codes:?}");
+            }
+            Some((_, code)) if *flaps => {
+                // Both outcomes were seen; only the fault's own code was counted.
+                assert_eq!(codes.keys().collect::<Vec<_>>(), vec![code], "{id}");
+                assert!(success > 0.0, "{id}: never succeeded between faults");
+            }
+            Some((_, code)) => {
+                assert_eq!(up(&text, id), Some(0.0), "{id}");
+                assert_eq!(codes.keys().collect::<Vec<_>>(), vec![code], "{id}");
+                assert_eq!(success, 0.0, "{id}");
+            }
+        }
+    }
+    assert_alive(&mut exporter);
+
+    for (id, fault, _) in &plan {
+        if fault.is_some() {
+            clear_fault(sim, id).await;
+        }
+    }
+    wait_until("every instance up", Duration::from_secs(20), || async {
+        let text = scrape_live(addr).await;
+        ids.iter()
+            .all(|id| up(&text, id) == Some(1.0))
+            .then_some(())
+    })
+    .await;
+    assert_alive(&mut exporter);
+}
+
+/// A throttling storm does not become a request storm: 30 instances, all throttled, polled every
+/// 2 s with retries allowed, against a limit of 5 requests per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_storm_stays_within_the_rate_limit() {
+    const RATE: f64 = 5.0;
+    let ids: Vec<String> = (0..30).map(|i| format!("r-storm-{i:02}")).collect();
+    let mut sim_toml = String::from("sessions = 5\n");
+    for id in &ids {
+        sim_toml.push_str(&format!(
+            "[instances.{id}]\nfault = {{ kind = \"throttling_user\" }}\n"
+        ));
+    }
+    let (_sim, sim) = start_simulator(&sim_toml);
+    let start = Instant::now();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let cfg = exporter_config(sim, "", &refs)
+        .replace("interval = \"1s\"", "interval = \"2s\"")
+        .replace("concurrency = 16", "concurrency = 4")
+        .replace(
+            "max_requests_per_second = 200",
+            "max_requests_per_second = 5",
+        );
+    let (mut exporter, addr) = start_exporter(&cfg, &[]);
+
+    // Let the storm run for a while, scraping all along.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        scrape_live(addr).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let stats = sim_stats(sim).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let total: u64 = stats["requests"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    // The rate limiter's burst is one; the slack covers the request in flight at each end.
+    let bound = RATE * elapsed + 3.0;
+    assert!(
+        (total as f64) <= bound,
+        "{total} requests in {elapsed:.1} s exceed {RATE}/s"
+    );
+    // The storm was real: 30 instances every 2 s want three times the limit.
+    assert!(
+        (total as f64) >= RATE * (elapsed - 4.0),
+        "only {total} requests in {elapsed:.1} s: the limit was not the bottleneck"
+    );
+    // Within any 2 s window of arrivals, the limit holds too (not just on average).
+    let arrivals: Vec<u64> = stats["arrivals_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    for (i, t) in arrivals.iter().enumerate() {
+        let in_window = arrivals[i..].iter().take_while(|a| **a < t + 2000).count();
+        assert!(
+            in_window as f64 <= RATE * 2.0 + 2.0,
+            "{in_window} requests within 2 s from {t}"
+        );
+    }
+    let text = scrape_live(addr).await;
+    for id in &ids {
+        if polls(&text, id) > 0.0 {
+            assert_eq!(up(&text, id), Some(0.0), "{id}");
+        }
+        assert!(log_lines(&exporter, "poll failing", id) <= 1, "{id}");
+    }
+    assert_alive(&mut exporter);
+}
+
+/// `x-acs-retry-after` is honoured: no retry comes sooner than the gateway asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_wait_as_long_as_the_gateway_asks() {
+    let (_sim, sim) = start_simulator(
+        "sessions = 5\n[instances.r-ra]\nfault = { kind = \"throttling_user\", retry_after_ms = 1500 }\n",
+    );
+    // A 5 s interval leaves room for retries inside one poll (1 s timeout each).
+    let cfg = exporter_config(sim, "", &["r-ra"]).replace("interval = \"1s\"", "interval = \"5s\"");
+    let (mut exporter, addr) = start_exporter(&cfg, &[]);
+    let arrivals = wait_until("five requests", Duration::from_secs(30), || async {
+        scrape_live(addr).await;
+        let stats = sim_stats(sim).await;
+        let a: Vec<u64> = stats["arrivals_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        (a.len() >= 5).then_some(a)
+    })
+    .await;
+    let gaps: Vec<u64> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= 1450),
+        "a request came sooner than x-acs-retry-after allows: gaps {gaps:?} ms"
+    );
+    // Retries did happen inside a poll (a gap shorter than the interval), so the wait above is
+    // the retry-after at work, not just the poll interval.
+    assert!(gaps.iter().any(|g| *g < 4000), "no retry seen: {gaps:?}");
+    let text = scrape_live(addr).await;
+    assert_eq!(up(&text, "r-ra"), Some(0.0));
+    assert_eq!(log_lines(&exporter, "poll failing", "r-ra"), 1);
+    assert_alive(&mut exporter);
+}
+
+/// Connection refused: the endpoint is a closed loopback port. When the service comes up on
+/// that port, every instance recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_refused_then_the_service_comes_back() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed: SocketAddr = ([127, 0, 0, 1], port).into();
+    let ids = ["r-refused-a", "r-refused-b"];
+    let (mut exporter, addr) = start_exporter(&exporter_config(closed, "", &ids), &[]);
+    let text = wait_until("three failed polls", Duration::from_secs(30), || async {
+        let text = scrape_live(addr).await;
+        ids.iter().all(|id| polls(&text, id) >= 3.0).then_some(text)
+    })
+    .await;
+    for id in ids {
+        assert_eq!(up(&text, id), Some(0.0));
+        assert_eq!(
+            error_codes(&text, id).keys().collect::<Vec<_>>(),
+            vec!["connection"]
+        );
+        assert_eq!(log_lines(&exporter, "poll failing", id), 1, "{id}");
+    }
+    assert_alive(&mut exporter);
+
+    // The service comes up on the port that refused.
+    let sim = spawn(
+        &[
+            "simulate",
+            "--listen",
+            &closed.to_string(),
+            "--sim-config",
+            "sim.toml",
+        ],
+        &[],
+        &[("sim.toml", "sessions = 7\n")],
+    );
+    sim.wait_for_line("listening on http://", Duration::from_secs(20));
+    wait_until("recovery", Duration::from_secs(20), || async {
+        let text = scrape_live(addr).await;
+        ids.iter()
+            .all(|id| up(&text, id) == Some(1.0))
+            .then_some(())
+    })
+    .await;
+    for id in ids {
+        assert_eq!(log_lines(&exporter, "instance recovered", id), 1, "{id}");
+    }
+    assert_alive(&mut exporter);
+}
+
+/// `[das] max_body_bytes` is enforced, with and without a `content-length`, and a normal-sized
+/// answer next to it is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_cap_refuses_oversized_answers() {
+    let (_sim, sim) = start_simulator(
+        r#"
+[instances.r-cap-small]
+sessions = 5
+[instances.r-cap-many]
+sessions = 3000
+[instances.r-cap-padded]
+sessions = 5
+fault = { kind = "oversized", bytes = 300000 }
+[instances.r-cap-stream]
+sessions = 5
+fault = { kind = "oversized", bytes = 30000000, chunked = true }
+"#,
+    );
+    let ids = ["r-cap-small", "r-cap-many", "r-cap-padded", "r-cap-stream"];
+    let cfg = exporter_config(sim, "", &ids)
+        .replace("max_body_bytes = 1048576", "max_body_bytes = 16384");
+    let (mut exporter, addr) = start_exporter(&cfg, &[]);
+    let text = wait_until("two polls each", Duration::from_secs(30), || async {
+        let text = scrape_live(addr).await;
+        ids.iter().all(|id| polls(&text, id) >= 2.0).then_some(text)
+    })
+    .await;
+    assert_eq!(up(&text, "r-cap-small"), Some(1.0));
+    for id in ["r-cap-many", "r-cap-padded", "r-cap-stream"] {
+        assert_eq!(up(&text, id), Some(0.0), "{id}");
+        assert_eq!(
+            error_codes(&text, id).keys().collect::<Vec<_>>(),
+            vec!["invalid_response"],
+            "{id}"
+        );
+        let needle = format!("instance_id={id} ");
+        let out = exporter.output();
+        let line = out
+            .lines()
+            .find(|l| l.contains("poll failing") && l.contains(&needle))
+            .unwrap_or_else(|| panic!("no 'poll failing' line for {id}:\n{out}"));
+        assert!(line.contains("das.max_body_bytes"), "{line}");
+    }
+    assert_alive(&mut exporter);
+}

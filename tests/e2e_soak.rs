@@ -1,0 +1,128 @@
+//! A bounded soak: thousands of polls of churning data (client names, commands and source
+//! addresses that exist for one churn period only, session counts that move), and the
+//! exporter's resident memory and exported series count stay flat.
+//!
+//! It runs in `cargo test` like every other test and takes about 100 s. Memory is read from
+//! `/proc/PID/status` (`VmRSS`), so the test is Linux-only, like the exporter's deploy targets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const INSTANCES: usize = 40;
+const RUN: Duration = Duration::from_secs(100);
+/// Memory and series settle after a few polls; the first window starts after this.
+const WARM_UP: Duration = Duration::from_secs(15);
+const WINDOW: Duration = Duration::from_secs(20);
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+struct Sample {
+    at: Duration,
+    rss_kib: u64,
+    series: usize,
+    polls: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_series_stay_flat_under_churn() {
+    let (_sim, sim) = start_simulator(
+        "churn = true\nchurn_period = \"2s\"\nchurn_identities = true\nsessions = 120\n",
+    );
+    let mut cfg = format!(
+        r#"
+[das]
+endpoint = "http://{sim}"
+timeout = "2s"
+[poll]
+interval = "1s"
+concurrency = 8
+max_requests_per_second = 100
+[limits]
+max_sources = 20
+max_commands = 30
+max_client_names = 20
+"#
+    );
+    for i in 0..INSTANCES {
+        cfg.push_str(&format!("[[instances]]\nid = \"r-soak-{i:02}\"\n"));
+    }
+    let (mut exporter, addr) = start_exporter(&cfg, &[]);
+    let pid = exporter.child.id();
+
+    let start = Instant::now();
+    let mut history = Vec::new();
+    let mut label_sets = std::collections::BTreeSet::new();
+    while start.elapsed() < RUN {
+        let text = scrape_text(addr).await;
+        let all = samples(&text);
+        for k in all
+            .keys()
+            .filter(|k| k.starts_with("redis_sessions_by_client_name"))
+        {
+            label_sets.insert(k.clone());
+        }
+        history.push(Sample {
+            at: start.elapsed(),
+            rss_kib: rss_kib(pid),
+            series: all.len(),
+            polls: all
+                .iter()
+                .filter(|(k, _)| k.starts_with("redis_session_exporter_polls_total{"))
+                .map(|(_, v)| v)
+                .sum(),
+        });
+        assert!(
+            exporter.child.try_wait().unwrap().is_none(),
+            "the exporter exited: {}",
+            exporter.output()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    let polls = history.last().unwrap().polls;
+    assert!(polls >= 2000.0, "only {polls} polls: not a soak");
+    // The data really churned: far more client names were seen over the run than one scrape
+    // can hold under the cap.
+    assert!(
+        label_sets.len() > INSTANCES * 21 * 2,
+        "only {} client-name series seen: the data did not churn",
+        label_sets.len()
+    );
+
+    let window = |from: Duration| {
+        history
+            .iter()
+            .filter(move |s| s.at >= from && s.at < from + WINDOW)
+    };
+    let first_from = WARM_UP;
+    let last_from = RUN - WINDOW;
+    let max_rss = |from| window(from).map(|s| s.rss_kib).max().unwrap();
+    let max_series = |from| window(from).map(|s| s.series).max().unwrap();
+    let (rss_a, rss_b) = (max_rss(first_from), max_rss(last_from));
+    let (ser_a, ser_b) = (max_series(first_from), max_series(last_from));
+    eprintln!(
+        "soak: {polls} polls; RSS {rss_a} -> {rss_b} KiB; series {ser_a} -> {ser_b}; {} client-name series seen",
+        label_sets.len()
+    );
+    // Generous bounds: allocator arenas wobble, but a leak of even a few KiB per poll over
+    // thousands of polls, or series that are never dropped, would blow through them.
+    assert!(
+        rss_b <= rss_a + rss_a / 2 + 8 * 1024,
+        "resident memory grew from {rss_a} KiB to {rss_b} KiB"
+    );
+    assert!(
+        ser_b as f64 <= ser_a as f64 * 1.15 + 50.0,
+        "series grew from {ser_a} to {ser_b}"
+    );
+    assert!(exporter.terminate().success());
+}
