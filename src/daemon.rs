@@ -156,6 +156,7 @@ async fn control_loop(
         }
     };
     apply(&mut scheduler, &cfg, &discovered);
+    store.mark_initialized();
     publish_reload_status(&store, true);
 
     loop {

@@ -560,18 +560,8 @@ impl Shared {
         region: &str,
         page: u32,
     ) -> Result<Page, PollError> {
-        let creds = self
-            .credentials
-            .credentials()
-            .await
-            .map_err(|e| PollError::Credentials(e.to_string()))?;
         let now = SystemTime::now();
-        if creds.is_expired(now) {
-            return Err(PollError::Credentials(format!(
-                "{} credentials expired",
-                self.credentials.name()
-            )));
-        }
+        let creds = client::usable_credentials(self.credentials.as_ref(), now).await?;
         let query = signed_query(
             &creds,
             &request_params(cfg, region, page),

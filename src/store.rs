@@ -6,7 +6,7 @@
 //! poll or a scrape, so a scrape never waits on a poll or on another scrape.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -69,6 +69,9 @@ pub type GlobalBlocks = [Block; 2];
 pub struct Store {
     instances: ArcSwap<BTreeMap<String, Arc<InstanceEntry>>>,
     globals: ArcSwap<BTreeMap<&'static str, Arc<GlobalBlocks>>>,
+    /// Set once the first instance set has been applied: before that an empty map means "not
+    /// started yet", not "nothing to wait for".
+    initialized: AtomicBool,
     pub stats: GlobalStats,
 }
 
@@ -101,9 +104,17 @@ impl Store {
         self.instances.load_full()
     }
 
-    /// True once every known instance has finished at least one poll.
+    /// Marks the first instance set as applied (see [`Store::all_polled`]).
+    pub fn mark_initialized(&self) {
+        self.initialized.store(true, Ordering::Release);
+    }
+
+    /// True once the first instance set is known and every instance in it has finished at least
+    /// one poll.
     pub fn all_polled(&self) -> bool {
-        self.instances
+        self.initialized.load(Ordering::Acquire)
+            && self
+                .instances
             .load()
             .values()
             .all(|e| e.status != Status::Pending)
@@ -136,6 +147,8 @@ mod tests {
     #[test]
     fn publish_replace_remove_and_readiness() {
         let s = Store::new();
+        assert!(!s.all_polled(), "not started: not ready, even with no instances");
+        s.mark_initialized();
         assert!(s.all_polled(), "no instances: nothing to wait for");
         s.publish(InstanceEntry::pending("a"));
         s.publish(InstanceEntry::pending("b"));

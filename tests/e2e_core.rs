@@ -556,14 +556,7 @@ async fn simulate_accepts_the_key_pair_from_the_environment() {
         ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "shared-fake-secret"),
     ];
     let sim = spawn(&["simulate", "--listen", "127.0.0.1:0"], &env, &[]);
-    let line = sim.wait_for_line("listening on http://", Duration::from_secs(20));
-    let sim_addr: std::net::SocketAddr = line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let sim_addr = simulator_addr(&sim);
     let cfg = format!("[das]\nendpoint = \"http://{sim_addr}\"\n[[instances]]\nid = \"r-env\"\n");
     let (_good, good_addr) = start_exporter(&cfg, &env);
     let (_bad, bad_addr) = start_exporter(

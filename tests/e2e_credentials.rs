@@ -32,13 +32,7 @@ fn start(config: &str, env: &[(&str, &str)], files: &[(&str, &str)]) -> (Proc, S
         &all,
         &all_files,
     );
-    let line = p.wait_for_line("serving /metrics", Duration::from_secs(20));
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .expect("addr in the log line")
-        .parse()
-        .unwrap();
+    let addr = exporter_addr(&p);
     (p, addr)
 }
 

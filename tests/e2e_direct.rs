@@ -538,8 +538,7 @@ async fn das_path_from_redis_reports_the_same_figures() {
         &[],
         &[],
     );
-    let line = sim.wait_for_line("listening on http://", Duration::from_secs(20));
-    let sim_addr = line.rsplit("http://").next().unwrap().trim_end_matches('/');
+    let sim_addr = simulator_addr(&sim);
     let cfg = format!(
         "[das]\nendpoint = \"http://{sim_addr}\"\ntimeout = \"5s\"\n[poll]\ninterval = \"1s\"\n\
          [[instances]]\nid = \"r-das\"\n\

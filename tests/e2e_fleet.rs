@@ -367,13 +367,7 @@ fn start_replica(config: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, So
     ];
     all_env.extend_from_slice(env);
     let p = spawn(&all_args, &all_env, &[("config.toml", config)]);
-    let line = p.wait_for_line("serving /metrics", Duration::from_secs(20));
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .expect("addr in the log line")
-        .parse()
-        .unwrap();
+    let addr = exporter_addr(&p);
     (p, addr)
 }
 

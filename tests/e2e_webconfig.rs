@@ -84,13 +84,7 @@ fn start(files: &[(&str, &str)]) -> (Proc, SocketAddr) {
         &[],
         &all,
     );
-    let line = p.wait_for_line("serving /metrics", Duration::from_secs(20));
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .expect("addr in the log line")
-        .parse()
-        .unwrap();
+    let addr = exporter_addr(&p);
     (p, addr)
 }
 

@@ -45,19 +45,8 @@ impl DasClient {
     }
 
     async fn attempt(&self, instance_id: &str, limits: &Limits) -> Result<Snapshot, PollError> {
-        let creds = self
-            .credentials
-            .credentials()
-            .await
-            .map_err(|e| PollError::Credentials(e.to_string()))?;
         let now = SystemTime::now();
-        if creds.is_expired(now) {
-            // Never sign with expired credentials: the request could only fail, noisily.
-            return Err(PollError::Credentials(format!(
-                "{} credentials expired",
-                self.credentials.name()
-            )));
-        }
+        let creds = usable_credentials(self.credentials.as_ref(), now).await?;
         let url = format!(
             "{}/?{}",
             self.endpoint,
@@ -86,6 +75,25 @@ impl Source for DasClient {
             self.attempt(&instance.id, &ctx.limits)
         }))
     }
+}
+
+/// The credentials to sign a request with at `now`, as a poll error when there are none: expired
+/// credentials never sign anything (the request could only fail, noisily).
+pub(crate) async fn usable_credentials(
+    provider: &dyn CredentialProvider,
+    now: SystemTime,
+) -> Result<Arc<Credentials>, PollError> {
+    let creds = provider
+        .credentials()
+        .await
+        .map_err(|e| PollError::Credentials(e.to_string()))?;
+    if creds.is_expired(now) {
+        return Err(PollError::Credentials(format!(
+            "{} credentials expired",
+            provider.name()
+        )));
+    }
+    Ok(creds)
 }
 
 /// The signed query string of one GetRedisAllSession call (POST, parameters in the query, as the

@@ -158,14 +158,7 @@ pub fn start_simulator(sim_toml: &str) -> (Proc, SocketAddr) {
         &[],
         &[("sim.toml", sim_toml)],
     );
-    let line = p.wait_for_line("listening on http://", Duration::from_secs(20));
-    let addr = line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let addr = simulator_addr(&p);
     (p, addr)
 }
 
@@ -186,14 +179,24 @@ pub fn start_exporter(config_toml: &str, env: &[(&str, &str)]) -> (Proc, SocketA
         &all_env,
         &[("config.toml", config_toml)],
     );
+    let addr = exporter_addr(&p);
+    (p, addr)
+}
+
+/// The address an exporter process listens on, read from its "serving /metrics" log line.
+pub fn exporter_addr(p: &Proc) -> SocketAddr {
     let line = p.wait_for_line("serving /metrics", Duration::from_secs(20));
-    let addr = line
-        .split_whitespace()
+    line.split_whitespace()
         .find_map(|w| w.strip_prefix("addr="))
         .expect("addr in the log line")
         .parse()
-        .unwrap();
-    (p, addr)
+        .unwrap()
+}
+
+/// The address a `simulate` process listens on, read from its start-up line.
+pub fn simulator_addr(p: &Proc) -> SocketAddr {
+    let line = p.wait_for_line("listening on http://", Duration::from_secs(20));
+    line.rsplit("http://").next().unwrap().trim_end_matches('/').parse().unwrap()
 }
 
 /// A plain HTTP GET on loopback: status, headers, body.
