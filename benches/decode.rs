@@ -76,7 +76,8 @@ fn ratios(bodies: &[(usize, Vec<u8>)], quick: bool) {
 fn main() {
     let bodies: Vec<(usize, Vec<u8>)> = SIZES.iter().map(|&n| (n, body(n))).collect();
     // `cargo test --all-targets` runs benches once in test mode: keep that quick.
-    let quick = std::env::args().any(|a| a == "--test") || !std::env::args().any(|a| a == "--bench");
+    let quick =
+        std::env::args().any(|a| a == "--test") || !std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))

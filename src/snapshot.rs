@@ -66,7 +66,9 @@ const FLAG_TABLE: [u8; 128] = {
 pub fn parse_flags(flags: &str) -> u32 {
     // A non-ASCII byte is part of an unknown letter; each byte maps to one slot.
     flags.bytes().fold(0u32, |acc, b| {
-        let slot = FLAG_TABLE.get(b as usize).map_or(FLAG_UNKNOWN, |&s| s as usize);
+        let slot = FLAG_TABLE
+            .get(b as usize)
+            .map_or(FLAG_UNKNOWN, |&s| s as usize);
         acc | (1 << slot)
     })
 }

@@ -69,6 +69,9 @@ pub type GlobalBlocks = [Block; 2];
 pub struct Store {
     instances: ArcSwap<BTreeMap<String, Arc<InstanceEntry>>>,
     globals: ArcSwap<BTreeMap<&'static str, Arc<GlobalBlocks>>>,
+    /// Bumped after every change to `instances` or `globals`, so a scrape can tell whether a
+    /// body it rendered earlier is still current (see `server::ScrapeCache`).
+    generation: AtomicU64,
     pub stats: GlobalStats,
 }
 
@@ -85,6 +88,19 @@ impl Store {
             m.insert(entry.id.clone(), entry.clone());
             m
         });
+        self.bump();
+    }
+
+    fn bump(&self) {
+        // Release pairs with the Acquire in `generation`: whoever sees the new number also sees
+        // the map it stands for.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes so far to what /metrics shows (instances, globals, skipped polls), as one number
+    /// that only grows.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire) + self.stats.skipped_polls.load(Ordering::Acquire)
     }
 
     /// Forgets an instance: its series disappear from the next scrape.
@@ -94,6 +110,7 @@ impl Store {
             m.remove(id);
             m
         });
+        self.bump();
     }
 
     /// A consistent view of every instance, by id.
@@ -117,6 +134,7 @@ impl Store {
             m.insert(key, blocks.clone());
             m
         });
+        self.bump();
     }
 
     /// Every subsystem's process-wide blocks.
@@ -158,7 +176,15 @@ mod tests {
             Status::Pending,
             "old views are unaffected"
         );
+        let g = s.generation();
         s.remove("a");
         assert_eq!(s.snapshot().keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(s.generation() > g, "every change moves the generation");
+        let g = s.generation();
+        s.stats.skipped_polls.fetch_add(1, Ordering::Relaxed);
+        assert!(s.generation() > g, "skipped polls show on /metrics too");
+        let g = s.generation();
+        s.publish_global("x", Default::default());
+        assert!(s.generation() > g);
     }
 }
