@@ -54,10 +54,13 @@ echo "== cargo clippy" >&2
 cargo clippy --all-targets --locked -- -D warnings
 echo "== deploy lints" >&2
 bash scripts/lint-deploy.sh
+echo "== cargo deny (bans, licenses, sources)" >&2
+# cargo-deny reads the metadata of every package in Cargo.lock, those of other platforms too
+# (macOS-only crates are never downloaded by a Linux build): fetch them all first.
+cargo fetch --locked
+cargo deny --offline check --hide-inclusion-graph bans licenses sources
 echo "== cargo test" >&2
 cargo test --locked --all-targets
-echo "== cargo deny (bans, licenses, sources)" >&2
-cargo deny --offline check --hide-inclusion-graph bans licenses sources
 # Fuzzing: libFuzzer needs nightly-only rustc flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain
 # accept them. Each target runs for FUZZ_SECONDS (default 20; 0 only builds the targets), from
 # the committed seeds; a crash fails the run and leaves its input in fuzz/artifacts/.

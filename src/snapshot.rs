@@ -5,6 +5,7 @@
 //! [`Snapshot`]. Every figure exported for an instance comes from one `Snapshot`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Upper bounds (`le`) of `redis_session_idle_seconds`; `+Inf` is implicit.
 pub const IDLE_BOUNDS: &[u64] = &[1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400];
@@ -49,18 +50,59 @@ pub const FLAG_UNKNOWN: usize = FLAGS.len();
 /// Name of the slot for letters not in [`FLAGS`].
 pub const FLAG_UNKNOWN_NAME: &str = "unknown";
 
-/// Maps a flag letter to its slot in [`Snapshot::by_flag`].
-fn flag_slot(c: char) -> usize {
-    FLAGS
-        .iter()
-        .position(|(l, _)| *l == c)
-        .unwrap_or(FLAG_UNKNOWN)
-}
+/// Slot of every ASCII byte in [`Snapshot::by_flag`]; a table because it runs once per letter
+/// of every session.
+const FLAG_TABLE: [u8; 128] = {
+    let mut t = [FLAG_UNKNOWN as u8; 128];
+    let mut i = 0;
+    while i < FLAGS.len() {
+        t[FLAGS[i].0 as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Returns a bit set of the slots present in a `Flags` string (each flag counts once per session).
 pub fn parse_flags(flags: &str) -> u32 {
-    flags.chars().fold(0u32, |acc, c| acc | (1 << flag_slot(c)))
+    // A non-ASCII byte is part of an unknown letter; each byte maps to one slot.
+    flags.bytes().fold(0u32, |acc, b| {
+        let slot = FLAG_TABLE
+            .get(b as usize)
+            .map_or(FLAG_UNKNOWN, |&s| s as usize);
+        acc | (1 << slot)
+    })
 }
+
+/// The Fx hash (rustc's): the fold's keys are short, trusted-enough strings from one answer
+/// whose map is dropped after the poll, so SipHash's flood resistance buys nothing here and
+/// costs a visible share of the fold (see BENCHMARKS.md).
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            h = (h.rotate_left(26) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            h = (h.rotate_left(26) ^ u64::from(b)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(26) ^ u64::from(i)).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The maps of the fold.
+pub type FoldMap = HashMap<Box<str>, u64, BuildHasherDefault<FxHasher>>;
 
 /// Cardinality caps, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -151,10 +193,10 @@ pub struct SessionView<'a> {
 #[derive(Debug)]
 pub struct Fold {
     sessions: u64,
-    nodes: HashMap<Box<str>, u64>,
-    commands: HashMap<Box<str>, u64>,
-    names: HashMap<Box<str>, u64>,
-    sources: HashMap<Box<str>, u64>,
+    nodes: FoldMap,
+    commands: FoldMap,
+    names: FoldMap,
+    sources: FoldMap,
     dbs: BTreeMap<Option<i64>, u64>,
     flags: [u64; FLAGS.len() + 1],
     sub: u64,
@@ -170,8 +212,8 @@ pub struct Fold {
     age: Distribution,
     qbuf: Distribution,
     omem: Distribution,
-    users: HashMap<Box<str>, u64>,
-    libraries: HashMap<Box<str>, u64>,
+    users: FoldMap,
+    libraries: FoldMap,
     tot_mem: Distribution,
     ssub: u64,
     /// True once any session carried direct-only fields.
@@ -186,7 +228,7 @@ impl Default for Fold {
     }
 }
 
-fn bump(map: &mut HashMap<Box<str>, u64>, key: &str, by: u64) {
+fn bump(map: &mut FoldMap, key: &str, by: u64) {
     if let Some(v) = map.get_mut(key) {
         *v += by;
     } else {
@@ -198,10 +240,10 @@ impl Fold {
     pub fn new() -> Self {
         Self {
             sessions: 0,
-            nodes: HashMap::new(),
-            commands: HashMap::new(),
-            names: HashMap::new(),
-            sources: HashMap::new(),
+            nodes: FoldMap::default(),
+            commands: FoldMap::default(),
+            names: FoldMap::default(),
+            sources: FoldMap::default(),
             dbs: BTreeMap::new(),
             flags: [0; FLAGS.len() + 1],
             sub: 0,
@@ -217,8 +259,8 @@ impl Fold {
             age: Distribution::new(AGE_BOUNDS),
             qbuf: Distribution::new(BUFFER_BOUNDS),
             omem: Distribution::new(BUFFER_BOUNDS),
-            users: HashMap::new(),
-            libraries: HashMap::new(),
+            users: FoldMap::default(),
+            libraries: FoldMap::default(),
             tot_mem: Distribution::new(TOTAL_MEMORY_BOUNDS),
             ssub: 0,
             direct_fields: false,
@@ -324,7 +366,7 @@ impl Fold {
     }
 }
 
-fn sorted(map: HashMap<Box<str>, u64>) -> Vec<(String, u64)> {
+fn sorted(map: FoldMap) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> = map.into_iter().map(|(k, c)| (k.into(), c)).collect();
     v.sort_unstable();
     v
@@ -332,7 +374,7 @@ fn sorted(map: HashMap<Box<str>, u64>) -> Vec<(String, u64)> {
 
 /// Keeps the `n` largest entries (ties broken by name, so the choice is stable) and sums the rest
 /// into [`OTHER`]. A real key named `other` is merged into that bucket. Output is sorted by name.
-pub fn cap(map: HashMap<Box<str>, u64>, n: usize) -> Vec<(String, u64)> {
+pub fn cap<S>(map: HashMap<Box<str>, u64, S>, n: usize) -> Vec<(String, u64)> {
     let mut v: Vec<(Box<str>, u64)> = map.into_iter().collect();
     let mut other = 0u64;
     v.retain(|(k, c)| {

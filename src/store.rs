@@ -72,6 +72,9 @@ pub struct Store {
     /// Set once the first instance set has been applied: before that an empty map means "not
     /// started yet", not "nothing to wait for".
     initialized: AtomicBool,
+    /// Bumped after every change to `instances` or `globals`, so a scrape can tell whether a
+    /// body it rendered earlier is still current (see `server::ScrapeCache`).
+    generation: AtomicU64,
     pub stats: GlobalStats,
 }
 
@@ -88,6 +91,19 @@ impl Store {
             m.insert(entry.id.clone(), entry.clone());
             m
         });
+        self.bump();
+    }
+
+    fn bump(&self) {
+        // Release pairs with the Acquire in `generation`: whoever sees the new number also sees
+        // the map it stands for.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes so far to what /metrics shows (instances, globals, skipped polls), as one number
+    /// that only grows.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire) + self.stats.skipped_polls.load(Ordering::Acquire)
     }
 
     /// Forgets an instance: its series disappear from the next scrape.
@@ -97,6 +113,7 @@ impl Store {
             m.remove(id);
             m
         });
+        self.bump();
     }
 
     /// A consistent view of every instance, by id.
@@ -115,9 +132,9 @@ impl Store {
         self.initialized.load(Ordering::Acquire)
             && self
                 .instances
-            .load()
-            .values()
-            .all(|e| e.status != Status::Pending)
+                .load()
+                .values()
+                .all(|e| e.status != Status::Pending)
     }
 
     /// Publishes (or replaces) the process-wide series of subsystem `key`.
@@ -128,6 +145,7 @@ impl Store {
             m.insert(key, blocks.clone());
             m
         });
+        self.bump();
     }
 
     /// Every subsystem's process-wide blocks.
@@ -147,7 +165,10 @@ mod tests {
     #[test]
     fn publish_replace_remove_and_readiness() {
         let s = Store::new();
-        assert!(!s.all_polled(), "not started: not ready, even with no instances");
+        assert!(
+            !s.all_polled(),
+            "not started: not ready, even with no instances"
+        );
         s.mark_initialized();
         assert!(s.all_polled(), "no instances: nothing to wait for");
         s.publish(InstanceEntry::pending("a"));
@@ -171,7 +192,15 @@ mod tests {
             Status::Pending,
             "old views are unaffected"
         );
+        let g = s.generation();
         s.remove("a");
         assert_eq!(s.snapshot().keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(s.generation() > g, "every change moves the generation");
+        let g = s.generation();
+        s.stats.skipped_polls.fetch_add(1, Ordering::Relaxed);
+        assert!(s.generation() > g, "skipped polls show on /metrics too");
+        let g = s.generation();
+        s.publish_global("x", Default::default());
+        assert!(s.generation() > g);
     }
 }

@@ -77,6 +77,53 @@ impl LenientInt {
     }
 }
 
+/// A boolean that may arrive as `"true"`/`"false"`; anything else counts as absent. Decoded
+/// without building a `serde_json::Value`.
+#[derive(Debug, Clone, Copy, Default)]
+struct LenientBool(Option<bool>);
+
+impl<'de> serde::Deserialize<'de> for LenientBool {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientBool;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a boolean")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<LenientBool, E> {
+                Ok(LenientBool(Some(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LenientBool, E> {
+                Ok(LenientBool(v.parse().ok()))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LenientBool, E> {
+                Ok(LenientBool(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LenientBool, E> {
+                Ok(LenientBool(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LenientBool, E> {
+                Ok(LenientBool(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<LenientBool, E> {
+                Ok(LenientBool(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<LenientBool, E> {
+                Ok(LenientBool(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LenientBool, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientBool(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LenientBool, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LenientBool(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A string that may arrive as a number or `null`; borrowed from the body when it has no escapes.
 #[derive(Debug, Default, PartialEq)]
 struct LenientStr<'a>(Option<Cow<'a, str>>);
@@ -124,29 +171,156 @@ impl LenientStr<'_> {
     }
 }
 
-/// One element of `Data.Sessions`: only the fields the exporter uses; the rest is skipped.
-#[derive(serde::Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-struct WireSession<'a> {
-    #[serde(borrow)]
-    node_id: LenientStr<'a>,
-    #[serde(borrow)]
-    cmd: LenientStr<'a>,
-    #[serde(borrow)]
-    name: LenientStr<'a>,
-    #[serde(borrow)]
-    flags: LenientStr<'a>,
-    db: LenientInt,
-    sub: LenientInt,
-    psub: LenientInt,
-    multi: LenientInt,
-    qbuf: LenientInt,
-    qbuf_free: LenientInt,
-    obl: LenientInt,
-    oll: LenientInt,
-    omem: LenientInt,
-    idle: LenientInt,
-    age: LenientInt,
+/// The `Data.Sessions` fields the exporter uses; every other key is skipped.
+#[derive(Clone, Copy)]
+enum SessionField {
+    NodeId,
+    Cmd,
+    Name,
+    Flags,
+    Db,
+    Sub,
+    Psub,
+    Multi,
+    Qbuf,
+    QbufFree,
+    Obl,
+    Oll,
+    Omem,
+    Idle,
+    Age,
+    Other,
+}
+
+impl SessionField {
+    fn from_bytes(b: &[u8]) -> Self {
+        match b {
+            b"NodeId" => Self::NodeId,
+            b"Cmd" => Self::Cmd,
+            b"Name" => Self::Name,
+            b"Flags" => Self::Flags,
+            b"Db" => Self::Db,
+            b"Sub" => Self::Sub,
+            b"Psub" => Self::Psub,
+            b"Multi" => Self::Multi,
+            b"Qbuf" => Self::Qbuf,
+            b"QbufFree" => Self::QbufFree,
+            b"Obl" => Self::Obl,
+            b"Oll" => Self::Oll,
+            b"Omem" => Self::Omem,
+            b"Idle" => Self::Idle,
+            b"Age" => Self::Age,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SessionField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SessionField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a session field name")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<SessionField, E> {
+                Ok(SessionField::from_bytes(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SessionField, E> {
+                Ok(SessionField::from_bytes(v.as_bytes()))
+            }
+        }
+        // Asking for bytes lets serde_json hand the key over raw: matching a field name needs no
+        // UTF-8 validation, which profiling showed was a large share of the decode (see
+        // BENCHMARKS.md).
+        d.deserialize_bytes(V)
+    }
+}
+
+/// One element of `Data.Sessions`, folded as soon as its object closes: fields are borrowed from
+/// the body and nothing outlives the element.
+struct SessionSeed<'f>(&'f mut Fold);
+
+impl<'de> DeserializeSeed<'de> for SessionSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SessionSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a session object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let (mut node_id, mut cmd, mut name, mut flags) = (
+            LenientStr::default(),
+            LenientStr::default(),
+            LenientStr::default(),
+            LenientStr::default(),
+        );
+        let mut n = [LenientInt::default(); 11];
+        while let Some(key) = map.next_key::<SessionField>()? {
+            use SessionField as F;
+            let slot = match key {
+                F::NodeId => {
+                    node_id = map.next_value()?;
+                    continue;
+                }
+                F::Cmd => {
+                    cmd = map.next_value()?;
+                    continue;
+                }
+                F::Name => {
+                    name = map.next_value()?;
+                    continue;
+                }
+                F::Flags => {
+                    flags = map.next_value()?;
+                    continue;
+                }
+                F::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                F::Db => 0,
+                F::Sub => 1,
+                F::Psub => 2,
+                F::Multi => 3,
+                F::Qbuf => 4,
+                F::QbufFree => 5,
+                F::Obl => 6,
+                F::Oll => 7,
+                F::Omem => 8,
+                F::Idle => 9,
+                F::Age => 10,
+            };
+            n[slot] = map.next_value()?;
+        }
+        self.0.add(&SessionView {
+            node_id: node_id.as_str(),
+            cmd: cmd.as_str(),
+            name: name.as_str(),
+            flags: flags.as_str(),
+            db: n[0].0,
+            sub: n[1].non_negative(),
+            psub: n[2].non_negative(),
+            multi: n[3].0.unwrap_or(-1),
+            qbuf: n[4].non_negative(),
+            qbuf_free: n[5].non_negative(),
+            obl: n[6].non_negative(),
+            oll: n[7].non_negative(),
+            omem: n[8].non_negative(),
+            idle: n[9].non_negative(),
+            age: n[10].non_negative(),
+            user: None,
+            lib_name: None,
+            tot_mem: None,
+            ssub: None,
+        });
+        Ok(())
+    }
 }
 
 /// One element of `Data.SourceStats`; `Ids` is skipped without being collected.
@@ -177,29 +351,7 @@ impl<'de> Visitor<'de> for SessionsSeed<'_> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(s) = seq.next_element::<WireSession<'de>>()? {
-            self.0.add(&SessionView {
-                node_id: s.node_id.as_str(),
-                cmd: s.cmd.as_str(),
-                name: s.name.as_str(),
-                flags: s.flags.as_str(),
-                db: s.db.0,
-                sub: s.sub.non_negative(),
-                psub: s.psub.non_negative(),
-                multi: s.multi.0.unwrap_or(-1),
-                qbuf: s.qbuf.non_negative(),
-                qbuf_free: s.qbuf_free.non_negative(),
-                obl: s.obl.non_negative(),
-                oll: s.oll.non_negative(),
-                omem: s.omem.non_negative(),
-                idle: s.idle.non_negative(),
-                age: s.age.non_negative(),
-                user: None,
-                lib_name: None,
-                tot_mem: None,
-                ssub: None,
-            });
-        }
+        while seq.next_element_seed(SessionSeed(&mut *self.0))?.is_some() {}
         Ok(())
     }
 }
@@ -306,13 +458,7 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
             match &*key {
                 "Code" => env.code = map.next_value::<LenientStr>()?.0.map(Cow::into_owned),
                 "Message" => env.message = map.next_value::<LenientStr>()?.0.map(Cow::into_owned),
-                "Success" => {
-                    env.success = match map.next_value::<serde_json::Value>()? {
-                        serde_json::Value::Bool(b) => Some(b),
-                        serde_json::Value::String(s) => s.parse().ok(),
-                        _ => None,
-                    }
-                }
+                "Success" => env.success = map.next_value::<LenientBool>()?.0,
                 "Data" => env.data = Some(map.next_value_seed(DataSeed(self.0))?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;

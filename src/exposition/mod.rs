@@ -457,19 +457,31 @@ pub fn encode_global(fmt: Format, g: &GlobalReport) -> Block {
 
 /// Concatenates blocks into one exposition, family by family, headers only where samples exist.
 pub fn render<'a>(fmt: Format, blocks: impl Iterator<Item = &'a Block> + Clone, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    let _ = render_to(fmt, blocks, out);
+}
+
+/// [`render`] into any writer, so a gzip encoder can take the exposition section by section
+/// without the whole plain body ever being held in memory.
+pub fn render_to<'a, W: std::io::Write>(
+    fmt: Format,
+    blocks: impl Iterator<Item = &'a Block> + Clone,
+    out: &mut W,
+) -> std::io::Result<()> {
     let lay = layout(fmt);
     for (s, header) in lay.headers.iter().enumerate() {
         if blocks.clone().all(|b| b.section(s).is_empty()) {
             continue;
         }
-        out.extend_from_slice(header.as_bytes());
+        out.write_all(header.as_bytes())?;
         for b in blocks.clone() {
-            out.extend_from_slice(b.section(s));
+            out.write_all(b.section(s))?;
         }
     }
     if fmt == Format::OpenMetrics {
-        out.extend_from_slice(b"# EOF\n");
+        out.write_all(b"# EOF\n")?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -196,7 +196,12 @@ pub fn exporter_addr(p: &Proc) -> SocketAddr {
 /// The address a `simulate` process listens on, read from its start-up line.
 pub fn simulator_addr(p: &Proc) -> SocketAddr {
     let line = p.wait_for_line("listening on http://", Duration::from_secs(20));
-    line.rsplit("http://").next().unwrap().trim_end_matches('/').parse().unwrap()
+    line.rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
 }
 
 /// A plain HTTP GET on loopback: status, headers, body.
