@@ -581,3 +581,50 @@ async fn simulate_accepts_the_key_pair_from_the_environment() {
     assert!(text.contains("code=\"SignatureDoesNotMatch\""), "{text}");
     assert!(!text.contains("wrong-secret"));
 }
+
+#[tokio::test]
+async fn demo_serves_figures_within_seconds() {
+    // README's first command, on a free port: the embedded simulator and the exporter together.
+    let demo = spawn(&["demo", "--listen", "127.0.0.1:0"], &[], &[]);
+    let line = demo.wait_for_line("metrics:", Duration::from_secs(30));
+    let url = line.split_whitespace().last().unwrap();
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let text = wait_until(
+        "every demo instance polled",
+        Duration::from_secs(30),
+        || async {
+            let t = scrape_text(addr).await;
+            [
+                "r-demo-orders",
+                "r-demo-sessions",
+                "r-demo-cache",
+                "r-demo-flaky",
+            ]
+            .iter()
+            .all(|id| t.contains(&format!("redis_session_up{{instance_id=\"{id}\"}}")))
+            .then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(
+        value(&text, "redis_session_up{instance_id=\"r-demo-orders\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "redis_sessions_reported{instance_id=\"r-demo-sessions\"}"
+        )
+        .map(|v| v > 1000.0),
+        Some(true),
+        "the big demo instance reports its sessions"
+    );
+    assert!(
+        series_of(&text, "redis_sessions", "r-demo-cache").len() >= 2,
+        "several proxy nodes"
+    );
+}
