@@ -142,24 +142,11 @@ fn check_config_clean(
         env,
         &all_files,
     );
-    let status = wait_exit_of(&mut p);
+    let status = wait_exited(&mut p);
     let out = p.output();
     assert!(status.success(), "check-config failed:\n{out}");
     for n in needles(secrets) {
         assert!(!out.contains(&n), "{n:?} leaked into check-config:\n{out}");
-    }
-}
-
-fn wait_exit_of(p: &mut Proc) -> std::process::ExitStatus {
-    let end = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            // Let the reader threads drain the pipes.
-            std::thread::sleep(Duration::from_millis(200));
-            return s;
-        }
-        assert!(std::time::Instant::now() < end, "process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -544,7 +531,7 @@ fn inline_secret_and_bad_endpoints_are_refused_by_check_config() {
         &[],
         &[("config.toml", cfg)],
     );
-    let status = wait_exit_of(&mut p);
+    let status = wait_exited(&mut p);
     let out = p.output();
     assert!(!status.success());
     assert!(!out.contains("inline-hunter2"), "{out}");

@@ -322,14 +322,8 @@ async fn a_reload_restarts_discovery_with_the_new_blocks() {
             + "[sharding]\nshard = 1\ntotal_shards = 2\n",
     )
     .unwrap();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let r = client
-        .post(format!("http://{addr}/-/reload"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "reload: {}", r.status());
+    let (status, body) = post(addr, "/-/reload").await;
+    assert_eq!(status, 200, "reload: {body}");
     let beijing_shard_1: BTreeSet<String> = expected(&inv, &["cn-beijing"], &[])
         .into_iter()
         .filter(|id| redis_session_exporter::fleet::shard_of(id, 2) == 1)
@@ -546,7 +540,7 @@ fn bad_fleet_settings_are_refused_with_the_key() {
         &[],
         &[("c.toml", six_tags)],
     );
-    let status = common_wait(&mut p);
+    let status = wait_exited(&mut p);
     assert!(!status.success());
     let out = p.output();
     for key in [
@@ -572,7 +566,7 @@ fn bad_fleet_settings_are_refused_with_the_key() {
         &[],
         &[("c.toml", ok)],
     );
-    assert!(!common_wait(&mut p).success());
+    assert!(!wait_exited(&mut p).success());
     assert!(p.output().contains("`sharding.shard`"), "{}", p.output());
 
     let mut p = spawn(
@@ -588,7 +582,7 @@ fn bad_fleet_settings_are_refused_with_the_key() {
         ],
         &[("c.toml", ok)],
     );
-    assert!(!common_wait(&mut p).success());
+    assert!(!wait_exited(&mut p).success());
     assert!(
         p.output().contains("--shard-from-hostname"),
         "{}",
@@ -608,20 +602,7 @@ fn bad_fleet_settings_are_refused_with_the_key() {
         ],
         &[("c.toml", ok)],
     );
-    assert!(common_wait(&mut p).success(), "{}", p.output());
+    assert!(wait_exited(&mut p).success(), "{}", p.output());
     assert!(p.output().contains("shard = 1"), "{}", p.output());
     assert!(p.output().contains("total_shards = 2"), "{}", p.output());
-}
-
-/// Waits (bounded) for a short-lived process, then lets its output readers catch up.
-fn common_wait(p: &mut Proc) -> std::process::ExitStatus {
-    let end = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            std::thread::sleep(Duration::from_millis(200));
-            return s;
-        }
-        assert!(std::time::Instant::now() < end, "process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

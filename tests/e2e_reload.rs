@@ -53,14 +53,7 @@ const RELOAD_OK: &str = "redis_session_exporter_config_last_reload_successful";
 const RELOAD_TS: &str = "redis_session_exporter_config_last_reload_success_timestamp_seconds";
 
 async fn post_reload(addr: SocketAddr) -> (u16, String) {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let r = client
-        .post(format!("http://{addr}/-/reload"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("POST /-/reload");
-    (r.status().as_u16(), r.text().await.unwrap())
+    post(addr, "/-/reload").await
 }
 
 fn write_config(p: &Proc, text: &str) {

@@ -86,6 +86,13 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// Waits (bounded) for a short-lived process to exit, then lets its output readers drain the pipes.
+pub fn wait_exited(p: &mut Proc) -> std::process::ExitStatus {
+    let status = wait_exit(&mut p.child, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    status
+}
+
 /// Starts the binary with `args` (and `env`), capturing its output.
 pub fn spawn(args: &[&str], env: &[(&str, &str)], files: &[(&str, &str)]) -> Proc {
     let dir = tempfile::tempdir().unwrap();
@@ -221,6 +228,19 @@ pub async fn get(
     let status = resp.status().as_u16();
     let h = resp.headers().clone();
     (status, h, resp.bytes().await.unwrap().to_vec())
+}
+
+/// A plain HTTP POST with an empty body on loopback: status and body text.
+pub async fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = client
+        .post(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("POST");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
 }
 
 /// Scrapes /metrics in the classic text format.
