@@ -64,8 +64,14 @@ const FLAG_TABLE: [u8; 128] = {
 
 /// Returns a bit set of the slots present in a `Flags` string (each flag counts once per session).
 pub fn parse_flags(flags: &str) -> u32 {
+    parse_flag_bytes(flags.as_bytes())
+}
+
+/// [`parse_flags`] over the bytes of a `Flags` string (for a decoder that has not made it a
+/// `&str` yet).
+pub fn parse_flag_bytes(flags: &[u8]) -> u32 {
     // A non-ASCII byte is part of an unknown letter; each byte maps to one slot.
-    flags.bytes().fold(0u32, |acc, b| {
+    flags.iter().fold(0u32, |acc, &b| {
         let slot = FLAG_TABLE
             .get(b as usize)
             .map_or(FLAG_UNKNOWN, |&s| s as usize);
@@ -189,6 +195,27 @@ pub struct SessionView<'a> {
     pub ssub: Option<u64>,
 }
 
+/// Databases counted in a plain array rather than the fold's map.
+const SMALL_DBS: i64 = 16;
+
+/// One session's numbers, db and flags: what [`Fold::add_figures`] takes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Figures {
+    pub db: Option<i64>,
+    /// Bit set of flag slots, as [`parse_flags`] returns it.
+    pub flags: u32,
+    pub sub: u64,
+    pub psub: u64,
+    pub multi: i64,
+    pub qbuf: u64,
+    pub qbuf_free: u64,
+    pub obl: u64,
+    pub oll: u64,
+    pub omem: u64,
+    pub idle: u64,
+    pub age: u64,
+}
+
 /// The streaming accumulator. Text keys are copied once per distinct value, never per session.
 #[derive(Debug)]
 pub struct Fold {
@@ -197,6 +224,9 @@ pub struct Fold {
     commands: FoldMap,
     names: FoldMap,
     sources: FoldMap,
+    /// Sessions per db for the usual databases 0..16, kept apart from `dbs` because a map
+    /// entry per session is a visible share of the fold.
+    small_dbs: [u64; SMALL_DBS as usize],
     dbs: BTreeMap<Option<i64>, u64>,
     flags: [u64; FLAGS.len() + 1],
     sub: u64,
@@ -244,6 +274,7 @@ impl Fold {
             commands: FoldMap::default(),
             names: FoldMap::default(),
             sources: FoldMap::default(),
+            small_dbs: [0; SMALL_DBS as usize],
             dbs: BTreeMap::new(),
             flags: [0; FLAGS.len() + 1],
             sub: 0,
@@ -270,22 +301,49 @@ impl Fold {
 
     /// Adds one session to every aggregate.
     pub fn add(&mut self, s: &SessionView<'_>) {
-        self.sessions += 1;
-        bump(&mut self.nodes, s.node_id, 1);
-        if s.cmd.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.scratch.clear();
-            self.scratch.push_str(s.cmd);
-            self.scratch.make_ascii_lowercase();
-            bump(&mut self.commands, &self.scratch, 1);
-        } else {
-            bump(&mut self.commands, s.cmd, 1);
+        self.add_figures(&Figures {
+            db: s.db,
+            flags: parse_flags(s.flags),
+            sub: s.sub,
+            psub: s.psub,
+            multi: s.multi,
+            qbuf: s.qbuf,
+            qbuf_free: s.qbuf_free,
+            obl: s.obl,
+            oll: s.oll,
+            omem: s.omem,
+            idle: s.idle,
+            age: s.age,
+        });
+        self.add_node(s.node_id, 1);
+        self.add_command(s.cmd, 1);
+        self.add_client_name(s.name, 1);
+        if s.user.is_some() || s.lib_name.is_some() || s.tot_mem.is_some() || s.ssub.is_some() {
+            self.direct_fields = true;
+            self.ssub = self.ssub.saturating_add(s.ssub.unwrap_or(0));
+            bump(&mut self.users, s.user.unwrap_or(""), 1);
+            bump(&mut self.libraries, s.lib_name.unwrap_or(""), 1);
+            self.tot_mem.observe(s.tot_mem.unwrap_or(0));
         }
-        bump(&mut self.names, s.name, 1);
-        *self.dbs.entry(s.db).or_insert(0) += 1;
-        let mut bits = parse_flags(s.flags);
+    }
+
+    /// Adds one session's figures: everything but its text labels, which the caller adds with
+    /// [`Fold::add_node`], [`Fold::add_command`] and [`Fold::add_client_name`]. Split from
+    /// [`Fold::add`] so a decoder can tally the labels of a whole answer itself and hand each
+    /// distinct value over once (every aggregate here is a sum, a maximum or a count, so the
+    /// order in which sessions and labels arrive does not change the result).
+    pub fn add_figures(&mut self, s: &Figures) {
+        self.sessions += 1;
+        match s.db {
+            Some(db @ 0..SMALL_DBS) => self.small_dbs[db as usize] += 1,
+            other => *self.dbs.entry(other).or_insert(0) += 1,
+        }
+        let mut bits = s.flags;
         while bits != 0 {
             let slot = bits.trailing_zeros() as usize;
-            self.flags[slot] += 1;
+            if let Some(n) = self.flags.get_mut(slot) {
+                *n += 1;
+            }
             bits &= bits - 1;
         }
         self.sub = self.sub.saturating_add(s.sub);
@@ -303,13 +361,28 @@ impl Fold {
         self.age.observe(s.age);
         self.qbuf.observe(s.qbuf);
         self.omem.observe(s.omem);
-        if s.user.is_some() || s.lib_name.is_some() || s.tot_mem.is_some() || s.ssub.is_some() {
-            self.direct_fields = true;
-            self.ssub = self.ssub.saturating_add(s.ssub.unwrap_or(0));
-            bump(&mut self.users, s.user.unwrap_or(""), 1);
-            bump(&mut self.libraries, s.lib_name.unwrap_or(""), 1);
-            self.tot_mem.observe(s.tot_mem.unwrap_or(0));
+    }
+
+    /// Counts `n` sessions on proxy or data node `node`.
+    pub fn add_node(&mut self, node: &str, n: u64) {
+        bump(&mut self.nodes, node, n);
+    }
+
+    /// Counts `n` sessions whose last command was `cmd` (case-folded: `GET` and `get` are one).
+    pub fn add_command(&mut self, cmd: &str, n: u64) {
+        if cmd.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.scratch.clear();
+            self.scratch.push_str(cmd);
+            self.scratch.make_ascii_lowercase();
+            bump(&mut self.commands, &self.scratch, n);
+        } else {
+            bump(&mut self.commands, cmd, n);
         }
+    }
+
+    /// Counts `n` sessions with client name `name` (`""` for unnamed).
+    pub fn add_client_name(&mut self, name: &str, n: u64) {
+        bump(&mut self.names, name, n);
     }
 
     /// Adds `count` sessions from one source address (DAS `SourceStats`, or a direct source's
@@ -333,6 +406,12 @@ impl Fold {
         reported_total: Option<u64>,
         timestamp_ms: Option<i64>,
     ) -> Snapshot {
+        let mut dbs = self.dbs;
+        for (db, &n) in (0..).zip(&self.small_dbs) {
+            if n > 0 {
+                dbs.insert(Some(db), n);
+            }
+        }
         Snapshot {
             sessions: self.sessions,
             reported_total: reported_total.unwrap_or(self.sessions),
@@ -341,7 +420,7 @@ impl Fold {
             by_source: cap(self.sources, limits.max_sources),
             by_command: cap(self.commands, limits.max_commands),
             by_client_name: cap(self.names, limits.max_client_names),
-            by_db: self.dbs.into_iter().collect(),
+            by_db: dbs.into_iter().collect(),
             by_flag: self.flags,
             subscriptions_channel: self.sub,
             subscriptions_pattern: self.psub,
@@ -460,6 +539,67 @@ mod tests {
             multi: -1,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn every_db_is_counted_in_order() {
+        let mut f = Fold::new();
+        for db in [
+            Some(16),
+            None,
+            Some(0),
+            Some(-3),
+            Some(15),
+            Some(0),
+            Some(i64::MAX),
+        ] {
+            f.add(&SessionView {
+                db,
+                ..session("n", "get", "", "N")
+            });
+        }
+        let snap = f.finish(&Limits::default(), None, None);
+        assert_eq!(
+            snap.by_db,
+            vec![
+                (None, 1),
+                (Some(-3), 1),
+                (Some(0), 2),
+                (Some(15), 1),
+                (Some(16), 1),
+                (Some(i64::MAX), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn labels_counted_in_bulk_equal_labels_counted_per_session() {
+        let labels = [("p1", "GET", "a"), ("p2", "get", ""), ("p1", "Set", "a")];
+        let mut one_by_one = Fold::new();
+        let mut bulk = Fold::new();
+        for (node, cmd, name) in labels {
+            one_by_one.add(&session(node, cmd, name, "N"));
+            bulk.add_figures(&Figures {
+                db: Some(0),
+                flags: parse_flags("N"),
+                multi: -1,
+                ..Figures::default()
+            });
+        }
+        bulk.add_node("p1", 2);
+        bulk.add_node("p2", 1);
+        bulk.add_command("GET", 1);
+        bulk.add_command("get", 1);
+        bulk.add_command("Set", 1);
+        bulk.add_client_name("a", 2);
+        bulk.add_client_name("", 1);
+        let limits = Limits::default();
+        let bulk = bulk.finish(&limits, None, None);
+        assert_eq!(bulk, one_by_one.finish(&limits, None, None));
+        assert_eq!(
+            bulk.by_command,
+            vec![("get".to_owned(), 2), ("set".to_owned(), 1)]
+        );
     }
 
     #[test]
