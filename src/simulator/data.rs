@@ -256,19 +256,40 @@ pub fn answer(sessions: &[SimSession], total: u64, timestamp_ms: u64, request_id
             ids,
         })
         .collect();
-    let body = serde_json::json!({
-        "Code": 200,
-        "Message": "Successful",
-        "Data": {
-            "Timestamp": timestamp_ms,
-            "Total": total,
-            "Sessions": sessions,
-            "SourceStats": stats,
+    // Typed, so the keys come out in the vendor's order (that of the reference page's example),
+    // as the real service writes them; `json!` would sort them.
+    let body = Answer {
+        code: 200,
+        message: "Successful",
+        data: AnswerData {
+            timestamp: timestamp_ms,
+            total,
+            sessions,
+            source_stats: stats,
         },
-        "RequestId": request_id,
-        "Success": true,
-    });
+        request_id,
+        success: true,
+    };
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Answer<'a> {
+    code: u16,
+    message: &'a str,
+    data: AnswerData<'a>,
+    request_id: &'a str,
+    success: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AnswerData<'a> {
+    timestamp: u64,
+    total: u64,
+    sessions: &'a [SimSession],
+    source_stats: Vec<SourceStat<'a>>,
 }
 
 /// A real server's `CLIENT LIST` in the DAS shape (`simulate --from-redis`), so the DAS path can
