@@ -7,7 +7,8 @@
 //!
 //! - [`config`]: file, environment and flags, validated with key-named errors.
 //! - [`credentials`]: where the AccessKey comes from; secrets are redacted by type.
-//! - [`das`]: request signing (pure), the tolerant streaming decoder, the HTTP client.
+//! - [`das`]: request signing (pure), the tolerant decoder (a byte scanner with a serde reference
+//!   behind it), the HTTP client.
 //! - [`direct`]: the other source: `CLIENT LIST` read from the Redis nodes themselves.
 //! - [`source`]: the seam between the scheduler and any source, the shared throttle, retries.
 //! - [`snapshot`]: the fold from sessions to one instance's typed aggregate.

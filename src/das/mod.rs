@@ -1,6 +1,8 @@
 //! The DAS `GetRedisAllSession` source: signing, the wire model, and the HTTP client.
 
 pub mod client;
+/// The fast path of [`wire::decode`].
+mod scan;
 pub mod sign;
 pub mod wire;
 

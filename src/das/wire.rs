@@ -1,10 +1,16 @@
 //! The GetRedisAllSession wire model and its tolerant, streaming decoding.
 //!
-//! The body is never materialised as a `Vec` of sessions: a serde visitor walks `Data.Sessions`
-//! and hands each session, with borrowed strings, straight to [`Fold::add`]. Real answers are
-//! loose about types (`Age` and `Count` are strings, `Code` is sometimes `"200"`), so every
-//! scalar is decoded leniently: numbers from strings and strings from numbers, `null` as absent,
-//! unknown fields skipped. What is not a GetRedisAllSession answer at all is a [`DecodeError`].
+//! The body is never materialised as a `Vec` of sessions: each session goes straight into a
+//! [`Fold`]. Real answers are loose about types (`Age` and `Count` are strings, `Code` is
+//! sometimes `"200"`), so every scalar is decoded leniently: numbers from strings and strings
+//! from numbers, `null` as absent, unknown fields skipped. What is not a GetRedisAllSession
+//! answer at all is a [`DecodeError`].
+//!
+//! Two decoders implement this. [`decode_reference`], in this module, is a serde visitor over
+//! `serde_json`: it defines the behaviour. [`decode`] runs the byte scanner of `das::scan`
+//! first, which reads real answers in less time than `serde_json` takes merely to validate
+//! them (BENCHMARKS.md), and falls back to the reference for anything the scanner leaves to it;
+//! differential tests and the fuzz target hold the two to the same answers.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -384,9 +390,9 @@ impl<'de> Visitor<'de> for SourcesSeed<'_> {
 
 /// What `Data` held besides the sessions.
 #[derive(Default)]
-struct DataMeta {
-    total: Option<u64>,
-    timestamp_ms: Option<i64>,
+pub(crate) struct DataMeta {
+    pub(crate) total: Option<u64>,
+    pub(crate) timestamp_ms: Option<i64>,
 }
 
 /// Decodes `Data`: `null` gives `None`, an object gives its metadata (sessions go to the fold).
@@ -425,12 +431,12 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
 }
 
 /// The envelope: `Code`, `Message`, `Success`, `Data`, and anything else ignored.
-struct Envelope {
-    code: Option<String>,
-    message: Option<String>,
-    success: Option<bool>,
+pub(crate) struct Envelope {
+    pub(crate) code: Option<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) success: Option<bool>,
     /// `None`: no `Data` key; `Some(None)`: `"Data": null`.
-    data: Option<Option<DataMeta>>,
+    pub(crate) data: Option<Option<DataMeta>>,
 }
 
 struct EnvelopeSeed<'f>(&'f mut Fold);
@@ -484,14 +490,34 @@ fn is_ok_code(code: &str) -> bool {
 }
 
 /// Decodes one GetRedisAllSession body straight into a [`Snapshot`].
+///
+/// The byte scanner (`das::scan`) does the work; when it gives up (a body that is not JSON, or a
+/// shape it leaves to serde), [`decode_reference`] decides, so results and errors are exactly
+/// the reference's.
 pub fn decode(body: &[u8], limits: &Limits) -> Result<Snapshot, DecodeError> {
+    let mut fold = Fold::new();
+    match super::scan::scan(body, &mut fold) {
+        Some(env) => conclude(env, fold, limits),
+        None => decode_reference(body, limits),
+    }
+}
+
+/// The serde decoder: the reference implementation of [`decode`]. Kept because it defines the
+/// behaviour the scanner must match (the differential tests compare the two), and because
+/// `decode` falls back to it for bodies the scanner will not judge, which gives those their
+/// exact serde_json error message.
+pub fn decode_reference(body: &[u8], limits: &Limits) -> Result<Snapshot, DecodeError> {
     let mut fold = Fold::new();
     let mut de = serde_json::Deserializer::from_slice(body);
     let env = EnvelopeSeed(&mut fold)
         .deserialize(&mut de)
         .and_then(|env| de.end().map(|()| env))
         .map_err(|e| DecodeError::Invalid(truncate(&e.to_string(), 200)))?;
+    conclude(env, fold, limits)
+}
 
+/// Turns a fully read envelope and its fold into the answer's snapshot or error.
+fn conclude(env: Envelope, fold: Fold, limits: &Limits) -> Result<Snapshot, DecodeError> {
     if let Some(code) = env.code.as_deref().filter(|c| !is_ok_code(c)) {
         return Err(DecodeError::Api {
             code: code.to_owned(),
@@ -509,6 +535,16 @@ pub fn decode(body: &[u8], limits: &Limits) -> Result<Snapshot, DecodeError> {
         Some(None) => Err(DecodeError::Invalid("Data is null".into())),
         Some(Some(meta)) => Ok(fold.finish(limits, meta.total, meta.timestamp_ms)),
     }
+}
+
+/// [`conclude`] for the scanner's differential tests.
+#[cfg(test)]
+pub(crate) fn conclude_for_tests(
+    env: Envelope,
+    fold: Fold,
+    limits: &Limits,
+) -> Result<Snapshot, DecodeError> {
+    conclude(env, fold, limits)
 }
 
 /// Shortens a message for a log line or a page, on a character boundary.
