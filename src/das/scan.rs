@@ -548,7 +548,10 @@ impl<'a> Scanner<'a> {
             b't' => self.literal(b"true").map(|()| Some(true)),
             b'f' => self.literal(b"false").map(|()| Some(false)),
             b'n' => self.literal(b"null").map(|()| None),
-            b'[' | b'{' => self.skip().map(|()| None),
+            b'[' => self.skip().map(|()| None),
+            // The reference reads the keys of an object here as strings (UTF-8-checked, unlike
+            // the keys of values it skips), so its error for a bad key differs: it decides.
+            b'{' => Err(Bail),
             _ => Err(Bail),
         }
     }
@@ -1468,6 +1471,10 @@ mod tests {
             b"{\"Data\":{\"Sessions\":[{\"\xff\":1}]}}",
             b"{\"Data\":{\"Sessions\":[{\"Name\":\"\xff\"}]}}",
             b"{\"\xff\":1,\"Data\":{}}",
+            // Found by the fuzz target: keys inside an object-valued `Success`.
+            b"{\"Code\":\"200\",\"Success\":{\"Code\xaa\":\"201\",\"Sss\":\"true\"}}",
+            b"{\"Success\":[{\"\xff\":1}],\"Data\":{}}",
+            b"{\"Success\":{\"a\":[]},\"Data\":{}}",
         ] {
             same(b).unwrap();
         }
