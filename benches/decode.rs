@@ -52,16 +52,21 @@ fn best(f: &dyn Fn(), reps: u32) -> Duration {
     t.elapsed() / reps
 }
 
-/// Alternates the two measurements so both see the same machine state, keeps the best of each.
+/// Best time per call of `f` and `g`, alternating the two so both see the same machine state.
+fn side_by_side(f: &dyn Fn(), g: &dyn Fn(), reps: u32, quick: bool) -> (Duration, Duration) {
+    let rounds = if quick { 1 } else { 15 };
+    let (mut a, mut b) = (Duration::MAX, Duration::MAX);
+    for _ in 0..rounds {
+        a = a.min(best(f, reps));
+        b = b.min(best(g, reps));
+    }
+    (a, b)
+}
+
 fn ratios(bodies: &[(usize, Vec<u8>)], quick: bool) {
     for (n, b) in bodies {
         let reps = (20_000 / n).max(1) as u32;
-        let rounds = if quick { 1 } else { 15 };
-        let (mut v, mut d) = (Duration::MAX, Duration::MAX);
-        for _ in 0..rounds {
-            v = v.min(best(&|| validate(b), reps));
-            d = d.min(best(&|| decode(b), reps));
-        }
+        let (v, d) = side_by_side(&|| validate(b), &|| decode(b), reps, quick);
         let mb = b.len() as f64 / 1e6;
         println!(
             "ratio decode/validate sessions={n:>6} body={mb:>6.1} MB: {:.2} \
@@ -71,6 +76,31 @@ fn ratios(bodies: &[(usize, Vec<u8>)], quick: bool) {
             mb / d.as_secs_f64(),
         );
     }
+    // Context for the figures above, at 20,000 sessions: the serde reference decoder (what the
+    // scanner replaced, still the fallback), and a pretty-printed body (every session's layout
+    // holds whitespace, so the template compares longer runs).
+    let n = 20_000;
+    let compact = body(n);
+    let (v, r) = side_by_side(
+        &|| validate(&compact),
+        &|| {
+            black_box(wire::decode_reference(&compact, &Limits::default()).expect("decodes"));
+        },
+        1,
+        quick,
+    );
+    println!(
+        "ratio reference-decoder/validate sessions={n:>6}: {:.2}",
+        r.as_secs_f64() / v.as_secs_f64()
+    );
+    let value: serde_json::Value = serde_json::from_slice(&compact).expect("valid JSON");
+    let pretty = serde_json::to_vec_pretty(&value).expect("serializes");
+    let (v, d) = side_by_side(&|| validate(&pretty), &|| decode(&pretty), 1, quick);
+    println!(
+        "ratio decode/validate sessions={n:>6} pretty-printed body={:.1} MB: {:.2}",
+        pretty.len() as f64 / 1e6,
+        d.as_secs_f64() / v.as_secs_f64()
+    );
 }
 
 fn main() {
