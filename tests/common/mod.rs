@@ -2,6 +2,8 @@
 //! with its output captured so tests can read what it logged.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
