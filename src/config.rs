@@ -221,6 +221,17 @@ pub struct InstanceConfig {
     /// Find every primary and replica from `CLUSTER NODES` on `address`, and poll each.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cluster: bool,
+    /// PEM file of the CAs that sign the server certificate (`rediss://` only); without it the
+    /// system's roots are used. Read at each (re)connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that ask for one (`tls-auth-clients yes`); with
+    /// `tls_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl InstanceConfig {
@@ -235,6 +246,9 @@ impl InstanceConfig {
             db: None,
             nodes: Vec::new(),
             cluster: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

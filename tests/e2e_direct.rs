@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pki::Ca;
 use common::*;
 
 /// A `redis-server` on a loopback port in its own temp dir; killed on drop.
@@ -423,6 +424,23 @@ fn config_errors_name_the_keys() {
         ),
         ("address = \"redis://h:1\"\n", "instances[0].address"),
         ("source = \"carrier-pigeon\"\n", "instances"),
+        (
+            "source = \"direct\"\naddress = \"redis://h:1\"\ntls_ca_file = \"Cargo.toml\"\n",
+            "instances[0].tls_ca_file",
+        ),
+        (
+            "source = \"direct\"\naddress = \"rediss://h:1\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+            "instances[0].tls_ca_file",
+        ),
+        (
+            "source = \"direct\"\naddress = \"rediss://h:1\"\ntls_ca_file = \"c.toml\"\n",
+            "instances[0].tls_ca_file",
+        ),
+        (
+            "source = \"direct\"\naddress = \"rediss://h:1\"\ntls_cert_file = \"c.toml\"\n",
+            "instances[0].tls_key_file",
+        ),
+        ("tls_key_file = \"c.toml\"\n", "instances[0].tls_key_file"),
     ];
     for (body, key) in cases {
         let mut p = spawn(
@@ -434,6 +452,87 @@ fn config_errors_name_the_keys() {
         assert!(!status.success(), "{body}: accepted\n{}", p.output());
         p.wait_for_line(&format!("`{key}"), Duration::from_secs(10));
     }
+}
+
+/// `rediss://` against a `redis-server` that requires a client certificate: with the
+/// instance's own CA and a client certificate the sessions are read; with a CA that did not sign
+/// the server, or without a client certificate, the instance is down with `code="tls"`.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_own_ca_and_client_certificate() {
+    let ca = Ca::new("redis test CA");
+    let stranger = Ca::new("someone else");
+    let (server_crt, server_key) = ca.leaf("redis", true);
+    let (client_crt, client_key) = ca.leaf("exporter", false);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    let stranger_file = write("stranger.pem", &stranger.pem());
+    let (client_crt, client_key) = (
+        write("client.crt", &client_crt),
+        write("client.key", &client_key),
+    );
+    let tls_port = free_port().to_string();
+    let r = Redis::start(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &write("server.crt", &server_crt),
+        "--tls-key-file",
+        &write("server.key", &server_key),
+        "--tls-ca-cert-file",
+        &ca_file,
+        "--tls-auth-clients",
+        "yes",
+    ]);
+    // Plain-port clients: CLIENT LIST over TLS must show them, and not the exporter itself.
+    let _clients: Vec<TcpStream> = (0..3)
+        .map(|_| r.client(&[&["CLIENT", "SETNAME", "app"]]))
+        .collect();
+    let inst = |id: &str, extra: &str| {
+        format!(
+            "[[instances]]\nid = \"{id}\"\nsource = \"direct\"\n\
+             address = \"rediss://127.0.0.1:{tls_port}\"\n{extra}"
+        )
+    };
+    let full = format!(
+        "tls_ca_file = \"{ca_file}\"\ntls_cert_file = \"{client_crt}\"\n\
+         tls_key_file = \"{client_key}\"\n"
+    );
+    let wrong_ca = format!(
+        "tls_ca_file = \"{stranger_file}\"\ntls_cert_file = \"{client_crt}\"\n\
+         tls_key_file = \"{client_key}\"\n"
+    );
+    let no_cert = format!("tls_ca_file = \"{ca_file}\"\n");
+    let cfg = direct_config(&format!(
+        "{}{}{}",
+        inst("r-tls", &full),
+        inst("r-wrong-ca", &wrong_ca),
+        inst("r-no-cert", &no_cert)
+    ));
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    let tls_error = |t: &str, id: &str| {
+        by_labels(t, "redis_session_exporter_poll_errors_total", id).contains_key("code=\"tls\"")
+    };
+    let text = scrape_until((&exporter_proc, exporter), "all three polled", |t| {
+        by_labels(t, "redis_session_up", "r-tls").get("") == Some(&1.0)
+            && tls_error(t, "r-wrong-ca")
+            && tls_error(t, "r-no-cert")
+    })
+    .await;
+    let names = by_labels(&text, "redis_sessions_by_client_name", "r-tls");
+    assert_eq!(names, map(&[("client_name=\"app\"", 3.0)]), "{text}");
+    for id in ["r-wrong-ca", "r-no-cert"] {
+        assert_eq!(by_labels(&text, "redis_session_up", id), map(&[("", 0.0)]));
+    }
+    let out = exporter_proc.output();
+    assert!(
+        !out.contains("PRIVATE KEY"),
+        "key material in the log:\n{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

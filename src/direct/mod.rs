@@ -98,13 +98,16 @@ fn is_tls(address: Option<&str>) -> bool {
 pub fn validate_instance(inst: &InstanceConfig) -> Vec<(String, String)> {
     let mut errs = Vec::new();
     if inst.source != SourceKind::Direct {
-        let set: [(&str, bool); 6] = [
+        let set: [(&str, bool); 9] = [
             ("address", inst.address.is_some()),
             ("username", inst.username.is_some()),
             ("password_file", inst.password_file.is_some()),
             ("db", inst.db.is_some()),
             ("nodes", !inst.nodes.is_empty()),
             ("cluster", inst.cluster),
+            ("tls_ca_file", inst.tls_ca_file.is_some()),
+            ("tls_cert_file", inst.tls_cert_file.is_some()),
+            ("tls_key_file", inst.tls_key_file.is_some()),
         ];
         for (key, present) in set {
             if present {
@@ -162,6 +165,42 @@ pub fn validate_instance(inst: &InstanceConfig) -> Vec<(String, String)> {
             errs.push(("password_file".to_owned(), e));
         }
     }
+    let any_tls = tls
+        || inst
+            .nodes
+            .iter()
+            .any(|n| n.trim_start().starts_with("rediss://"));
+    for (key, path) in [
+        ("tls_ca_file", &inst.tls_ca_file),
+        ("tls_cert_file", &inst.tls_cert_file),
+        ("tls_key_file", &inst.tls_key_file),
+    ] {
+        if path.is_some() && !any_tls {
+            errs.push((
+                key.to_owned(),
+                "only used with TLS: write the address (or nodes) as rediss://host:port, \
+                 or remove this key"
+                    .to_owned(),
+            ));
+        }
+    }
+    match (&inst.tls_cert_file, &inst.tls_key_file) {
+        (Some(_), None) => errs.push((
+            "tls_key_file".to_owned(),
+            "required with tls_cert_file (the client certificate's private key)".to_owned(),
+        )),
+        (None, Some(_)) => errs.push((
+            "tls_cert_file".to_owned(),
+            "required with tls_key_file (the client certificate)".to_owned(),
+        )),
+        _ => {}
+    }
+    let files = TlsFiles::of(inst);
+    for (key, result) in files.check() {
+        if let Err(e) = result {
+            errs.push((key.to_owned(), e));
+        }
+    }
     if inst.db.is_some_and(|d| d < 0) {
         errs.push((
             "db".to_owned(),
@@ -182,6 +221,95 @@ fn read_password(path: &Path) -> Result<String, String> {
     Ok(line.to_owned())
 }
 
+/// The TLS files of an instance (`tls_ca_file`, `tls_cert_file`, `tls_key_file`). Like the
+/// password file they are read at each (re)connect, so renewed certificates are picked up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn of(inst: &InstanceConfig) -> Self {
+        Self {
+            ca: inst.tls_ca_file.clone(),
+            cert: inst.tls_cert_file.clone(),
+            key: inst.tls_key_file.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+
+    /// Each configured file read and parsed, under its key. Errors name the file, never its
+    /// contents (a key file is a secret).
+    fn check(&self) -> Vec<(&'static str, Result<Vec<u8>, String>)> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |path: &Path| {
+            let pem = read_file(path)?;
+            let n = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| format!("{} holds a malformed PEM certificate", path.display()))?
+                .len();
+            if n == 0 {
+                return Err(format!("{} holds no PEM certificate", path.display()));
+            }
+            Ok(pem)
+        };
+        let key = |path: &Path| {
+            let pem = read_file(path)?;
+            PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|_| format!("{} holds no PEM private key", path.display()))?;
+            Ok(pem)
+        };
+        let mut out = Vec::new();
+        if let Some(p) = &self.ca {
+            out.push(("tls_ca_file", certs(p)));
+        }
+        if let Some(p) = &self.cert {
+            out.push(("tls_cert_file", certs(p)));
+        }
+        if let Some(p) = &self.key {
+            out.push(("tls_key_file", key(p)));
+        }
+        out
+    }
+
+    /// What the Redis client takes: the CAs (instead of the system's roots) and the client
+    /// certificate, read now.
+    fn load(&self) -> Result<redis::TlsCertificates, PollError> {
+        let mut ca = None;
+        let (mut cert, mut key) = (None, None);
+        for (name, result) in self.check() {
+            let pem = result.map_err(|message| PollError::Other {
+                code: "tls_files",
+                message,
+            })?;
+            match name {
+                "tls_ca_file" => ca = Some(pem),
+                "tls_cert_file" => cert = Some(pem),
+                _ => key = Some(pem),
+            }
+        }
+        Ok(redis::TlsCertificates {
+            client_tls: cert
+                .zip(key)
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }),
+            root_cert: ca,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
 /// Turns a client error into a bounded, classified [`PollError`].
 pub fn classify(e: &RedisError) -> PollError {
     let msg = e.to_string();
@@ -197,6 +325,9 @@ pub fn classify(e: &RedisError) -> PollError {
     if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) || e.code() == Some("NOPERM") {
         return other("noperm");
     }
+    if is_tls_error(e) {
+        return other("tls");
+    }
     if e.is_timeout() {
         return PollError::Timeout(Duration::ZERO);
     }
@@ -210,6 +341,34 @@ pub fn classify(e: &RedisError) -> PollError {
         ErrorKind::Server(_) | ErrorKind::Extension => other("server"),
         _ => other("connection"),
     }
+}
+
+/// Whether the handshake or the session failed on TLS grounds (an unknown CA, a name mismatch,
+/// a refused client certificate): rustls' own error somewhere in the chain of causes. The Redis
+/// client keeps an I/O error behind an `Arc`, and `io::Error` hands out its inner error only
+/// through `get_ref`, so both are looked through explicitly.
+fn is_tls_error(e: &RedisError) -> bool {
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c: &(dyn std::error::Error + 'static) = match c.downcast_ref::<Shared>() {
+            Some(shared) => &**shared,
+            None => c,
+        };
+        if c.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The client library's own timeouts do not say how long they waited; we do.
@@ -237,10 +396,12 @@ pub fn fold_client_list(fold: &mut Fold, node_id: &str, reply: &str, own_id: Opt
 }
 
 /// Who to authenticate as. The password itself is read from the file at each connect.
+/// How a node is reached besides its address (a connection is kept per address and this).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Auth {
     username: Option<String>,
     password_file: Option<PathBuf>,
+    tls: TlsFiles,
 }
 
 /// One node's reused connection.
@@ -272,10 +433,17 @@ impl NodeClient {
             auth: Auth {
                 username,
                 password_file,
+                tls: TlsFiles::default(),
             },
             conn: tokio::sync::Mutex::new(None),
             last_used: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Uses these TLS files for a `rediss://` endpoint.
+    pub fn with_tls(mut self, tls: TlsFiles) -> Self {
+        self.auth.tls = tls;
+        self
     }
 
     pub fn node_id(&self) -> &str {
@@ -307,7 +475,12 @@ impl NodeClient {
             settings = settings.set_password(password);
         }
         info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| classify(&e))?;
+        let client = if self.auth.tls.is_empty() {
+            redis::Client::open(info)
+        } else {
+            redis::Client::build_with_tls(info, self.auth.tls.load()?)
+        }
+        .map_err(|e| classify(&e))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
@@ -412,11 +585,14 @@ impl DirectSource {
         });
         pool.entry((endpoint.url.clone(), auth.clone()))
             .or_insert_with(|| {
-                Arc::new(NodeClient::new(
-                    endpoint.clone(),
-                    auth.username.clone(),
-                    auth.password_file.clone(),
-                ))
+                Arc::new(
+                    NodeClient::new(
+                        endpoint.clone(),
+                        auth.username.clone(),
+                        auth.password_file.clone(),
+                    )
+                    .with_tls(auth.tls.clone()),
+                )
             })
             .clone()
     }
@@ -507,6 +683,7 @@ impl DirectSource {
         let auth = Auth {
             username: inst.username.clone(),
             password_file: inst.password_file.clone(),
+            tls: TlsFiles::of(inst),
         };
         let endpoints = self.endpoints(inst, &auth, timeout).await?;
         let nodes: Vec<Arc<NodeClient>> = endpoints.iter().map(|e| self.node(e, &auth)).collect();
@@ -620,5 +797,51 @@ id=9 addr=10.0.0.7:3 name= db=0 flags=N cmd=client|list multi=-1\n";
         inst.nodes = vec!["nope://x".into()];
         let keys: Vec<String> = validate_instance(&inst).into_iter().map(|e| e.0).collect();
         assert_eq!(keys, vec!["cluster", "nodes[0]", "password_file"]);
+    }
+
+    #[test]
+    fn tls_files_are_checked_under_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["cache.internal".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let write = |name: &str, content: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p
+        };
+        let cert_file = write("c.pem", &cert.pem());
+        let key_file = write("k.pem", &key.serialize_pem());
+        let mut inst = InstanceConfig::new("a");
+        inst.source = SourceKind::Direct;
+        inst.address = Some("rediss://cache.internal:6380".into());
+        inst.tls_ca_file = Some(cert_file.clone());
+        inst.tls_cert_file = Some(cert_file.clone());
+        inst.tls_key_file = Some(key_file.clone());
+        assert_eq!(validate_instance(&inst), vec![]);
+        assert!(TlsFiles::of(&inst).load().is_ok());
+
+        // Each file holding the other kind of PEM is refused under its own key, and the error
+        // names the file without showing what is in it.
+        inst.tls_ca_file = Some(key_file.clone());
+        inst.tls_key_file = Some(cert_file.clone());
+        let errs = validate_instance(&inst);
+        let keys: Vec<&str> = errs.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(keys, vec!["tls_ca_file", "tls_key_file"]);
+        assert!(errs
+            .iter()
+            .all(|e| !e.1.contains("PRIVATE KEY") && !e.1.contains("BEGIN")));
+        assert!(errs[0].1.contains("k.pem"), "{errs:?}");
+        let err = TlsFiles::of(&inst).load().unwrap_err();
+        assert_eq!(err.code(), "tls_files");
+
+        // Only with TLS.
+        inst.tls_ca_file = Some(cert_file);
+        inst.tls_key_file = Some(key_file);
+        inst.address = Some("redis://cache.internal:6379".into());
+        let keys: Vec<String> = validate_instance(&inst).into_iter().map(|e| e.0).collect();
+        assert_eq!(keys, vec!["tls_ca_file", "tls_cert_file", "tls_key_file"]);
     }
 }
