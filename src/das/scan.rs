@@ -1721,6 +1721,19 @@ mod tests {
     }
 
     #[test]
+    fn pretty_printed_answers_take_the_template_path() {
+        // Indentation makes every key's run of bytes longer than the two packed words, so the
+        // template compares them as slices.
+        for seed in 0..10 {
+            let value: Value = serde_json::from_slice(&simulated(seed, 30)).unwrap();
+            let pretty = serde_json::to_vec_pretty(&value).unwrap();
+            same(&pretty).unwrap();
+            let (_, by_template) = scan_counting(&pretty, &mut Fold::new()).expect("scans");
+            assert_eq!(by_template, 29, "seed {seed}");
+        }
+    }
+
+    #[test]
     fn alternating_layouts_stay_on_templates() {
         // Every other session leaves `Name` out and writes `Age` as a number: two layouts, both
         // remembered, so only the first session of each is read the general way.
