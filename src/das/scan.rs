@@ -28,11 +28,13 @@
 //! for two passes there costs nothing that matters.
 
 use std::borrow::Cow;
+use std::hash::Hasher;
 
 use serde::de::{self, Deserializer, Visitor};
 
 use super::wire::{DataMeta, Envelope};
-use crate::snapshot::{parse_flag_bytes, parse_flags, Figures, Fold};
+
+use crate::snapshot::{parse_flag_bytes, parse_flags, Figures, Fold, FxHasher};
 
 /// The scanner gave up; the reference decoder decides.
 struct Bail;
@@ -352,42 +354,6 @@ impl<'a> Scanner<'a> {
         self.b.get(start..self.i).ok_or(Bail)
     }
 
-    /// The common case of a number: an optional minus and 1 to 18 digits, no leading zero, not
-    /// followed by a fraction or an exponent. Consumes it and returns its value; otherwise
-    /// consumes nothing and returns `None`.
-    #[inline]
-    fn plain_int(&mut self) -> Option<i64> {
-        let start = self.i;
-        let mut j = start;
-        let neg = self.b.get(j) == Some(&b'-');
-        if neg {
-            j += 1;
-        }
-        let first = j;
-        let mut v: i64 = 0;
-        while let Some(&c) = self.b.get(j) {
-            let x = c.wrapping_sub(b'0');
-            if x > 9 {
-                break;
-            }
-            if j - first == 18 {
-                // A 19th digit may not fit: serde_json's own parse decides.
-                return None;
-            }
-            v = v * 10 + i64::from(x);
-            j += 1;
-        }
-        let n = j - first;
-        if n == 0 || (n > 1 && self.b.get(first) == Some(&b'0')) {
-            return None;
-        }
-        if let Some(b'.' | b'e' | b'E') = self.b.get(j) {
-            return None;
-        }
-        self.i = j;
-        Some(if neg { -v } else { v })
-    }
-
     fn digits(&mut self) -> R<()> {
         let start = self.i;
         while let Some(b'0'..=b'9') = self.peek() {
@@ -450,14 +416,21 @@ impl<'a> Scanner<'a> {
             let key = self.string()?;
             self.eat(b':')?;
             f(self, key)?;
-            match self.next_token()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(Bail),
+            if self.after_item(b'}')? {
+                return Ok(());
             }
+        }
+    }
+
+    /// After a member or element: `,` (more follow: `false`) or `close` (consumed: `true`).
+    #[inline]
+    fn after_item(&mut self, close: u8) -> R<bool> {
+        let c = self.next_token()?;
+        if c == b',' || c == close {
+            self.i += 1;
+            Ok(c == close)
+        } else {
+            Err(Bail)
         }
     }
 
@@ -470,13 +443,8 @@ impl<'a> Scanner<'a> {
         }
         loop {
             f(self)?;
-            match self.next_token()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(Bail),
+            if self.after_item(b']')? {
+                return Ok(());
             }
         }
     }
@@ -484,23 +452,19 @@ impl<'a> Scanner<'a> {
     /// The reference's `LenientInt`.
     #[inline]
     fn int(&mut self) -> R<Option<i64>> {
+        self.ws();
+        // The forms real answers send: a plain integer, or a plain digit string ("12").
+        if let Some((v, end)) = quoted_or_plain_int(self.b, self.i) {
+            self.i = end;
+            return Ok(Some(v));
+        }
         match self.next_token()? {
             b'"' => {
                 self.i += 1;
                 let s = self.string()?;
-                // Plain short digit strings ("12") are what real answers send.
-                let raw = s.raw;
-                if !s.escaped && !raw.is_empty() && raw.len() <= 18 {
-                    if let Some(v) = plain_digits(raw) {
-                        return Ok(Some(v));
-                    }
-                }
                 Ok(int_from_str(&s.text()?))
             }
             b'-' | b'0'..=b'9' => {
-                if let Some(v) = self.plain_int() {
-                    return Ok(Some(v));
-                }
                 let tok = self.number()?;
                 Ok(int_from_num(serde_number(tok)?))
             }
@@ -677,13 +641,8 @@ impl<'a> Scanner<'a> {
                     Field::Other => self.skip()?,
                 }
                 value_end = self.i;
-                match self.next_token()? {
-                    b',' => self.i += 1,
-                    b'}' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(Bail),
+                if self.after_item(b'}')? {
+                    break;
                 }
             }
         }
@@ -1091,8 +1050,7 @@ impl Tally<'_> {
 
 /// Counts borrowed byte strings: an open-addressing table (linear probing, at most half full)
 /// keyed by the raw bytes. Built for this one job rather than a `HashMap<&[u8], u64>` because
-/// it runs three times per session: the hash reads a short value as two overlapping words, and
-/// a probe compares the stored hash before the bytes.
+/// it runs three times per session: a probe compares the stored hash before the bytes.
 struct Counter<'a> {
     /// `(hash, value, count)`; a count of 0 marks a free slot.
     slots: Vec<(u64, &'a [u8], u64)>,
@@ -1152,61 +1110,14 @@ impl<'a> Counter<'a> {
     }
 }
 
-/// A fast hash of a short byte string (an Fx-style multiply-rotate over words). Values of up to
-/// 16 bytes are read as two overlapping words plus their length.
+/// The fold's Fx hash of the bytes, with its well-mixed high bits folded down because the
+/// table indexes with the low ones.
 #[inline]
 fn hash_bytes(v: &[u8]) -> u64 {
-    const K: u64 = 0xf135_7aea_2e62_a9c5;
-    let n = v.len();
-    let (a, b) = match n {
-        0 => (0, 0),
-        1..=3 => {
-            let at = |i: usize| u64::from(v.get(i).copied().unwrap_or(0));
-            (at(0) | at(n / 2) << 8 | at(n - 1) << 16, 0)
-        }
-        4..=7 => {
-            let w4 = |i: usize| {
-                v.get(i..i + 4)
-                    .and_then(|w| <[u8; 4]>::try_from(w).ok())
-                    .map_or(0, |w| u64::from(u32::from_le_bytes(w)))
-            };
-            (w4(0), w4(n - 4))
-        }
-        _ => (word(v, 0), word(v, n - 8)),
-    };
-    let mut h = (n as u64 ^ a).wrapping_mul(K).rotate_left(26) ^ b;
-    if n > 16 {
-        for c in v.get(8..n - 8).unwrap_or_default().chunks(8) {
-            h = (h.wrapping_mul(K).rotate_left(26)) ^ word_padded(c);
-        }
-    }
-    h = h.wrapping_mul(K);
-    // The table indexes with the low bits: fold the well-mixed high bits down.
+    let mut h = FxHasher::default();
+    h.write(v);
+    let h = h.finish();
     h ^ (h >> 29)
-}
-
-/// Up to 8 bytes as a little-endian word, zero-padded.
-#[inline]
-fn word_padded(c: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    for (d, &s) in w.iter_mut().zip(c) {
-        *d = s;
-    }
-    u64::from_le_bytes(w)
-}
-
-/// Up to 18 ASCII digits as a number; `None` if any byte is not a digit.
-#[inline]
-fn plain_digits(d: &[u8]) -> Option<i64> {
-    let mut v: i64 = 0;
-    for &c in d {
-        let x = c.wrapping_sub(b'0');
-        if x > 9 {
-            return None;
-        }
-        v = v * 10 + i64::from(x);
-    }
-    Some(v)
 }
 
 #[cfg(test)]
