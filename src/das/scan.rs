@@ -1127,6 +1127,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::das::wire::tests::apply_edits;
     use crate::das::wire::{decode, decode_reference, DecodeError};
     use crate::snapshot::{Limits, Snapshot};
 
@@ -1729,25 +1730,17 @@ mod tests {
             cut in proptest::option::of(0usize..100_000),
         ) {
             let mut body = if hostile_first { hostile(seed, count) } else { simulated(seed, count) };
-            for (pos, op, byte) in edits {
-                let i = pos % (body.len() + 1);
-                // Half the edits write JSON punctuation, which reaches deeper paths.
-                const PUNCT: &[u8] = b"{}[]\",:0-.e\\ntu\x01";
+            // Half the edits write JSON punctuation, which reaches deeper paths.
+            const PUNCT: &[u8] = b"{}[]\",:0-.e\\ntu\x01";
+            let edits = edits.into_iter().map(|(pos, op, byte)| {
                 let byte = if byte & 1 == 0 {
                     PUNCT[(byte as usize >> 1) % PUNCT.len()]
                 } else {
                     byte
                 };
-                match op {
-                    0 if i < body.len() => body[i] = byte,
-                    1 => body.insert(i, byte),
-                    _ if i < body.len() => { body.remove(i); }
-                    _ => {}
-                }
-            }
-            if let Some(c) = cut {
-                body.truncate(c % (body.len() + 1));
-            }
+                (pos, op, byte)
+            });
+            apply_edits(&mut body, edits, cut);
             same(&body)?;
         }
 

@@ -556,7 +556,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::snapshot::{flag_name, FLAG_UNKNOWN};
 
@@ -723,6 +723,29 @@ mod tests {
         Ok(())
     }
 
+    /// Applies byte edits to `body`: `(position, op, byte)` with op 0 overwrite, 1 insert,
+    /// 2 delete (positions wrap around the length), then an optional cut.
+    pub(crate) fn apply_edits(
+        body: &mut Vec<u8>,
+        edits: impl IntoIterator<Item = (usize, u8, u8)>,
+        cut: Option<usize>,
+    ) {
+        for (pos, op, byte) in edits {
+            let i = pos % (body.len() + 1);
+            match op {
+                0 if i < body.len() => body[i] = byte,
+                1 => body.insert(i, byte),
+                _ if i < body.len() => {
+                    body.remove(i);
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = cut {
+            body.truncate(c % (body.len() + 1));
+        }
+    }
+
     /// A real answer as the simulator (and the service) writes it.
     fn simulated(seed: u64, count: usize) -> Vec<u8> {
         let sessions = crate::simulator::data::sessions(seed, "r-prop", seed % 3, count);
@@ -798,18 +821,7 @@ mod tests {
             cut in proptest::option::of(0usize..100_000),
         ) {
             let mut body = simulated(seed, count);
-            for (pos, op, byte) in edits {
-                let i = pos % (body.len() + 1);
-                match op {
-                    0 if i < body.len() => body[i] = byte,
-                    1 => body.insert(i, byte),
-                    _ if i < body.len() => { body.remove(i); }
-                    _ => {}
-                }
-            }
-            if let Some(c) = cut {
-                body.truncate(c % (body.len() + 1));
-            }
+            apply_edits(&mut body, edits, cut);
             if let Ok(s) = decode(&body, &Limits::default()) {
                 assert_counts_add_up(&s)?;
             }
