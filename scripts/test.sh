@@ -13,7 +13,7 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
-# The Dockerfile's build (tests/image_binary.rs runs it): musl-gcc for ring's C code.
+# The Dockerfile's build (tests/e2e/image.rs runs it): musl-gcc for ring's C code.
 command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
 command -v file >/dev/null 2>&1 || need_apt+=(file)

@@ -3,8 +3,6 @@
 //! opens, leave its own connection out, label sessions by node in a cluster, classify auth and
 //! permission failures, and agree with the DAS path fed by `simulate --from-redis`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,8 +11,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::pki::Ca;
-use common::*;
+use crate::common::pki::Ca;
+use crate::common::*;
 
 /// A `redis-server` on a loopback port in its own temp dir; killed on drop.
 struct Redis {

@@ -1,6 +1,5 @@
 //! Shared harness for the end-to-end tests: the real binary, on loopback ports it picks itself,
 //! with its output captured so tests can read what it logged.
-#![allow(dead_code)]
 
 pub mod pki;
 
@@ -315,19 +314,6 @@ pub fn series_of(text: &str, metric: &str, instance: &str) -> BTreeMap<String, f
 pub async fn sim_stats(sim: SocketAddr) -> serde_json::Value {
     let (_, _, body) = get(sim, "/_sim/stats", &[]).await;
     serde_json::from_slice(&body).unwrap()
-}
-
-/// Sets a fault on an instance at the simulator (`fault_json` like `{"kind":"no_permission"}`).
-pub async fn set_fault(sim: SocketAddr, instance: &str, fault_json: &str) {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let r = client
-        .put(format!("http://{sim}/_sim/faults/{instance}"))
-        .header("content-type", "application/json")
-        .body(fault_json.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "set fault: {}", r.status());
 }
 
 pub async fn clear_fault(sim: SocketAddr, instance: &str) {

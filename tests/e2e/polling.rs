@@ -2,13 +2,11 @@
 //! signature) on loopback; the figures on /metrics are checked against the simulator's own answer,
 //! computed here independently from the raw JSON; both formats go through the ecosystem's tools.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const SIM: &str = r#"

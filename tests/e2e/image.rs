@@ -13,8 +13,6 @@
 //! target and `musl-gcc`; scripts/test.sh installs both. The chroot needs root (or passwordless
 //! sudo); without it the test fails rather than check less.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -23,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
 /// Upper bound for the release build (a cold build on a busy two-core machine takes ~15 min).

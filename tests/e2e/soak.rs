@@ -5,11 +5,9 @@
 //! It runs in `cargo test` like every other test and takes about 100 s. Memory is read from
 //! `/proc/PID/status` (`VmRSS`), so the test is Linux-only, like the exporter's deploy targets.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const INSTANCES: usize = 40;
 const RUN: Duration = Duration::from_secs(100);

@@ -4,14 +4,11 @@
 //! refreshes short-lived credentials before they expire without a failed poll, and never shows a
 //! secret — in its whole output at `RUST_LOG=trace`, on /metrics, on `/`, or in `check-config`.
 
-mod common;
-mod fakes;
-
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use common::*;
-use fakes::*;
+use crate::common::*;
+use crate::fakes::*;
 
 const SIM: &str = "seed = 3\n[instances.r-cred-1]\nsessions = 7\n";
 const INSTANCE: &str = "r-cred-1";

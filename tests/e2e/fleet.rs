@@ -3,13 +3,11 @@
 //! API), follows the inventory as it changes, survives failing refreshes; and several replicas
 //! split the discovered fleet so that every instance is polled by exactly one of them.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const REGIONS: [&str; 3] = ["cn-hangzhou", "cn-beijing", "cn-shenzhen"];

@@ -1,12 +1,10 @@
 //! End to end: reloading the configuration of the real binary (SIGHUP and `POST /-/reload`)
 //! while it polls the simulator, and the accounting of poll rounds that could not run.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const SIM: &str = r#"
 seed = 11

@@ -2,11 +2,9 @@
 //! exits non-zero on every kind of config error, and its message names the key and the reason.
 //! The daemon must refuse to start rather than run half-configured.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// (what is wrong, config file, key the message must name, words of the reason).
 const CASES: &[(&str, &str, &str, &str)] = &[

@@ -2,7 +2,6 @@
 //! requests the way the real one does: STS `AssumeRoleWithOIDC` and the ECS metadata service
 //! (IMDSv2). Every set of credentials they issue is registered with the DAS simulator (key,
 //! secret and SecurityToken), so the simulator verifies that the exporter signs with them.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

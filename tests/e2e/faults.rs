@@ -8,13 +8,11 @@
 //! Intervals are 1 s and timeouts 1 s, so each test runs in seconds; the timing checks are
 //! liveness bounds (a scrape within 2 s), never speed benchmarks.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A scrape must complete within this while faults are active: a liveness bound, generous on a
 /// loaded 2-core machine, far below anything a hung exporter would give.

@@ -2,13 +2,11 @@
 //! trusting a CA made here at test time (no key is ever committed), right and wrong passwords,
 //! every client-certificate mode, and a certificate rotated on disk while the exporter runs.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::pki::Ca;
-use common::*;
+use crate::common::pki::Ca;
+use crate::common::*;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 use reqwest::tls::{Certificate, Identity, TlsInfo, Version};
 

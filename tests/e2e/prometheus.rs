@@ -15,15 +15,13 @@
 //! - A second target of the job points at a closed loopback port, so `up == 0` for it and
 //!   `RedisSessionExporterDown` fires.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// The `for:` every alert gets in the test copy: short, but not zero, so each alert still goes

@@ -1,0 +1,19 @@
+//! End-to-end tests, linked into one binary: the real `redis-session-exporter` binary on loopback
+//! ports against the project's DAS simulator, fake credential services, real `redis-server`,
+//! `promtool` and `prometheus`. Each module is one area; `common` is the harness, `fakes` the
+//! credential-service stand-ins.
+
+mod common;
+mod fakes;
+
+mod config_errors;
+mod credentials;
+mod direct;
+mod faults;
+mod fleet;
+mod image;
+mod polling;
+mod prometheus;
+mod reload;
+mod soak;
+mod webconfig;
