@@ -69,6 +69,16 @@ pub async fn run(
             }
         }
     };
+    run_with_client(attribution, client, namespaces, shutdown).await;
+}
+
+/// [`run`] with a client made elsewhere (tests point one at the API stand-in).
+pub async fn run_with_client(
+    attribution: Arc<Attribution>,
+    client: kube::Client,
+    namespaces: Vec<String>,
+    shutdown: CancellationToken,
+) {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
@@ -513,5 +523,247 @@ mod tests {
             ))),
             "timeout"
         );
+    }
+
+    // ---- against the API stand-in: the real kube-rs client over loopback HTTP ----
+
+    use crate::attribution::{Attribution, Networks};
+    use crate::simulator::k8s::{self, K8sConfig, K8sHandle, Resource as R};
+
+    struct Running {
+        api: K8sHandle,
+        attribution: Arc<Attribution>,
+        stop: CancellationToken,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.stop.cancel();
+        }
+    }
+
+    async fn start(cfg: K8sConfig, namespaces: &[&str], setup: impl FnOnce(&K8sHandle)) -> Running {
+        let stop = CancellationToken::new();
+        let api = k8s::spawn("127.0.0.1:0".parse().unwrap(), cfg, stop.clone())
+            .await
+            .unwrap();
+        setup(&api);
+        let kc = kube::config::Kubeconfig::from_yaml(&api.kubeconfig()).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        let client = kube::Client::try_from(cfg).unwrap();
+        let attribution = Arc::new(Attribution::new(Networks::default(), true));
+        tokio::spawn(run_with_client(
+            attribution.clone(),
+            client,
+            namespaces.iter().map(|s| (*s).to_owned()).collect(),
+            stop.clone(),
+        ));
+        Running {
+            api,
+            attribution,
+            stop,
+        }
+    }
+
+    fn who(a: &Attribution, ip: &str) -> String {
+        let w = a.lookup().resolve(ip);
+        format!("{}/{}/{}", w.namespace, w.name, w.kind.as_str())
+    }
+
+    /// Waits (bounded) until `ip` resolves to `want`.
+    async fn until(a: &Attribution, ip: &str, want: &str) {
+        for _ in 0..500 {
+            if who(a, ip) == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{ip} never became {want}; it is {}", who(a, ip));
+    }
+
+    async fn until_errors(a: &Attribution, code: &str) -> u64 {
+        for _ in 0..500 {
+            if let Some((_, n)) = a.errors().into_iter().find(|(c, _)| c == code) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {code} error counted; errors: {:?}", a.errors());
+    }
+
+    fn cluster(api: &K8sHandle) {
+        api.apply(k8s::owner_object(
+            "ReplicaSet",
+            "shop",
+            "cart-6d8f9",
+            Some(("Deployment", "cart")),
+        ));
+        api.apply(k8s::owner_object(
+            "Job",
+            "batch",
+            "report-29000",
+            Some(("CronJob", "report")),
+        ));
+        api.apply(k8s::pod(
+            "shop",
+            "cart-6d8f9-aaaaa",
+            "10.1.0.1",
+            Some(("ReplicaSet", "cart-6d8f9")),
+        ));
+        api.apply(k8s::pod(
+            "batch",
+            "report-29000-bbbbb",
+            "10.1.0.2",
+            Some(("Job", "report-29000")),
+        ));
+        api.apply(k8s::pod(
+            "db",
+            "redis-0",
+            "10.1.0.3",
+            Some(("StatefulSet", "redis")),
+        ));
+        api.apply(k8s::pod("dev", "debug", "10.1.0.4", None));
+    }
+
+    #[tokio::test]
+    async fn list_then_watch_follows_adds_deletes_and_reuse() {
+        let r = start(K8sConfig::default(), &[], cluster).await;
+        let a = &r.attribution;
+        until(a, "10.1.0.1", "shop/cart/Deployment").await;
+        assert_eq!(who(a, "10.1.0.2"), "batch/report/CronJob");
+        assert_eq!(who(a, "10.1.0.3"), "db/redis/StatefulSet");
+        assert_eq!(who(a, "10.1.0.4"), "dev/debug/Pod");
+        assert_eq!(a.pods_known(), 4);
+        // ReplicaSets and Jobs are read as metadata only; pods whole.
+        assert!(r.api.counts(R::ReplicaSets).metadata_only > 0);
+        assert!(r.api.counts(R::Jobs).metadata_only > 0);
+        assert_eq!(r.api.counts(R::Pods).metadata_only, 0);
+        // Added while watching.
+        r.api.apply(k8s::pod(
+            "shop",
+            "late",
+            "10.1.0.9",
+            Some(("DaemonSet", "agent")),
+        ));
+        until(a, "10.1.0.9", "shop/agent/DaemonSet").await;
+        // Deleted: still named (grace period), then its IP goes to a new pod at once.
+        assert!(r.api.delete(R::Pods, "dev", "debug"));
+        r.api.apply(k8s::pod("shop", "marker", "10.1.0.10", None));
+        until(a, "10.1.0.10", "shop/marker/Pod").await;
+        assert_eq!(
+            who(a, "10.1.0.4"),
+            "dev/debug/Pod",
+            "a deleted pod keeps its IP for a while"
+        );
+        r.api.apply(k8s::pod("web", "reuser", "10.1.0.4", None));
+        until(a, "10.1.0.4", "web/reuser/Pod").await;
+        assert!(a.errors().is_empty(), "{:?}", a.errors());
+        assert_eq!(r.api.counts(R::Pods).lists, 1, "no relist without a reason");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_watch_resumes_and_a_compacted_one_relists() {
+        // Bookmarks off: after a compaction the watcher's version is too old.
+        let cfg = K8sConfig {
+            bookmark_every: None,
+            ..K8sConfig::default()
+        };
+        let r = start(cfg, &[], cluster).await;
+        let a = &r.attribution;
+        until(a, "10.1.0.1", "shop/cart/Deployment").await;
+        // A clean end of the stream: resumed from the last version, no list, no error.
+        r.api.drop_watches(false);
+        r.api.apply(k8s::pod("x", "after-drop", "10.1.1.1", None));
+        until(a, "10.1.1.1", "x/after-drop/Pod").await;
+        assert_eq!(r.api.counts(R::Pods).lists, 1);
+        assert!(a.errors().is_empty(), "{:?}", a.errors());
+        // A connection cut mid-stream (kube-rs reads the chunked body's early end as a
+        // resumable end, as client-go does): resumed from the last version, still no list.
+        r.api.drop_watches(true);
+        r.api.apply(k8s::pod("x", "after-cut", "10.1.1.2", None));
+        until(a, "10.1.1.2", "x/after-cut/Pod").await;
+        assert_eq!(r.api.counts(R::Pods).lists, 1);
+        assert!(
+            r.api.counts(R::Pods).watches >= 3,
+            "a new watch after each drop"
+        );
+        // Changes, then a compaction, then a drop: the resumed watch is 410 Gone, and the
+        // relist both finds what was added and notices what was deleted meanwhile.
+        r.api.apply(k8s::pod("x", "unseen", "10.1.1.3", None));
+        r.api.compact();
+        r.api.drop_watches(false);
+        until_errors(a, "http_410").await;
+        until(a, "10.1.1.3", "x/unseen/Pod").await;
+        assert!(r.api.counts(R::Pods).lists >= 2, "relisted after 410");
+        assert!(r.api.counts(R::Pods).gone >= 1);
+    }
+
+    #[tokio::test]
+    async fn bookmarks_keep_a_quiet_watch_resumable_after_compaction() {
+        let cfg = K8sConfig {
+            bookmark_every: Some(Duration::from_millis(50)),
+            ..K8sConfig::default()
+        };
+        let r = start(cfg, &[], cluster).await;
+        until(&r.attribution, "10.1.0.1", "shop/cart/Deployment").await;
+        // Changes to other resources move the cluster's version on, then history is compacted.
+        let before = r.api.counts(R::Pods).bookmarks;
+        r.api
+            .apply(k8s::owner_object("Job", "batch", "other", None));
+        r.api.compact();
+        for _ in 0..200 {
+            if r.api.counts(R::Pods).bookmarks >= before + 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        r.api.drop_watches(false);
+        r.api.apply(k8s::pod("x", "after", "10.1.2.1", None));
+        until(&r.attribution, "10.1.2.1", "x/after/Pod").await;
+        assert_eq!(
+            r.api.counts(R::Pods).gone,
+            0,
+            "the bookmark's version was recent enough"
+        );
+        assert_eq!(r.api.counts(R::Pods).lists, 1);
+    }
+
+    #[tokio::test]
+    async fn cluster_scope_forbidden_is_counted_and_namespaces_work_with_roles() {
+        let cfg = K8sConfig {
+            allowed_namespaces: Some(["shop".to_owned(), "db".to_owned()].into()),
+            ..K8sConfig::default()
+        };
+        let r = start(cfg.clone(), &[], cluster).await;
+        until_errors(&r.attribution, "http_403").await;
+        assert_eq!(r.attribution.pods_known(), 0);
+        assert_eq!(who(&r.attribution, "10.1.0.1"), "/unknown/unknown");
+        drop(r);
+        let r = start(cfg, &["shop", "db"], cluster).await;
+        until(&r.attribution, "10.1.0.1", "shop/cart/Deployment").await;
+        until(&r.attribution, "10.1.0.3", "db/redis/StatefulSet").await;
+        assert_eq!(
+            who(&r.attribution, "10.1.0.4"),
+            "/unknown/unknown",
+            "dev is not watched"
+        );
+        assert!(
+            r.attribution.errors().is_empty(),
+            "{:?}",
+            r.attribution.errors()
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_lists_are_retried() {
+        let r = start(K8sConfig::default(), &[], |api| {
+            cluster(api);
+            api.fail_next(R::Pods, 500, 2);
+        })
+        .await;
+        until(&r.attribution, "10.1.0.4", "dev/debug/Pod").await;
+        assert_eq!(until_errors(&r.attribution, "http_500").await, 2);
     }
 }
