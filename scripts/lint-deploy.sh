@@ -12,7 +12,7 @@
 #   PrometheusRule                 identical to deploy/prometheus/*-rules.yml
 #   deploy/prometheus/             promtool check rules / test rules / check config; every
 #                                  alert has severity, summary, description, a runbook_url
-#                                  whose section exists, a firing and a quiet unit test
+#                                  whose docs/runbooks/ page exists, a firing and a quiet unit test
 #   deploy/grafana/*.json          structure (datasource variable, no hard-coded datasource,
 #                                  every panel has queries) and every query parses (promtool)
 #   scripts/*.sh, .ci/*            shellcheck
@@ -233,6 +233,7 @@ step_promtool() {
 step_rules_conventions() {
   "$PY" - <<'PY'
 import glob
+import os
 import re
 import sys
 
@@ -243,8 +244,6 @@ with open("deploy/prometheus/alert-rules.yml") as f:
     alert_groups = yaml.safe_load(f)["groups"]
 with open("deploy/prometheus/recording-rules.yml") as f:
     record_groups = yaml.safe_load(f)["groups"]
-with open("README.md") as f:
-    headings = {m.group(1) for m in re.finditer(r"^#{2,4} +(\S+) *$", f.read(), re.M)}
 
 alerts = set()
 for g in alert_groups:
@@ -261,10 +260,10 @@ for g in alert_groups:
             if not ann.get(key):
                 errors.append(f"{name}: annotation {key} missing")
         url = ann.get("runbook_url", "")
-        if not url.endswith("#" + name.lower()):
-            errors.append(f"{name}: runbook_url must end with #{name.lower()}")
-        if name not in headings:
-            errors.append(f"{name}: no runbook section '### {name}' in README.md")
+        if not url.endswith(f"/docs/runbooks/{name}.md"):
+            errors.append(f"{name}: runbook_url must end with /docs/runbooks/{name}.md")
+        if not os.path.isfile(f"docs/runbooks/{name}.md"):
+            errors.append(f"{name}: no runbook docs/runbooks/{name}.md")
 
 records = set()
 for g in record_groups:
