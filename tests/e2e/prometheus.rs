@@ -58,6 +58,7 @@ id = "r-prom-big"
 id = "r-prom-throttled"
 [[instances]]
 id = "r-prom-denied"
+labels = {{ team = "payments", env = "prod" }}
 "#
     )
 }
@@ -440,6 +441,27 @@ scrape_configs:
     }
     // The alert carries the labels and annotations on-call needs.
     let v = prom.api("/api/v1/alerts", &[]).await;
+    // An alert on an instance carries the labels configured on its [[instances]] entry
+    // (INSTANCE_LABELS of deploy/prometheus/rules.env, joined from redis_session_instance_info),
+    // so that Alertmanager can route it to the owning team.
+    let denied = v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| {
+            a["labels"]["alertname"] == "RedisSessionInstancePollFailing"
+                && a["labels"]["instance_id"] == "r-prom-denied"
+        })
+        .unwrap();
+    assert_eq!(denied["labels"]["team"], "payments", "{denied}");
+    assert_eq!(denied["labels"]["env"], "prod", "{denied}");
+    assert!(
+        denied["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/docs/runbooks/RedisSessionInstancePollFailing.md"),
+        "{denied}"
+    );
     let throttled = v["data"]["alerts"]
         .as_array()
         .unwrap()
