@@ -488,13 +488,19 @@ mod tests {
         let waiting = tokio::spawn(async move { t2.acquire(far()).await.is_some() });
         tokio::time::sleep(Duration::from_millis(20)).await;
         t.reconfigure(2, 1000.0);
-        assert!(waiting.await.unwrap(), "the waiting acquirer got the new slot");
+        assert!(
+            waiting.await.unwrap(),
+            "the waiting acquirer got the new slot"
+        );
         drop(held);
 
         // Less concurrency retires a slot when it comes back: with two held and the limit
         // lowered to one, a third acquirer gets in only after both are back.
         let t = Throttle::new(2, 1000.0);
-        let (a, b) = (t.acquire(far()).await.unwrap(), t.acquire(far()).await.unwrap());
+        let (a, b) = (
+            t.acquire(far()).await.unwrap(),
+            t.acquire(far()).await.unwrap(),
+        );
         t.reconfigure(1, 1000.0);
         drop(a);
         let soon = || Instant::now() + Duration::from_millis(50);

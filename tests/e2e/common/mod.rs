@@ -39,11 +39,46 @@ impl Proc {
         wait_exit(&mut self.child, Duration::from_secs(15))
     }
 
+    /// Sends `sig` (e.g. `HUP`); panics if it could not be delivered.
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
+        let status = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
-            .status();
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed: {status}");
+    }
+
+    /// How many printed lines contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until exactly `n` printed lines contain `needle` (more is a failure too).
+    pub fn wait_for_lines(&self, needle: &str, n: usize, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            let seen = self.count_lines(needle);
+            assert!(
+                seen <= n,
+                "{seen} lines containing {needle:?}, expected {n}; output:\n{}",
+                self.output()
+            );
+            if seen == n {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{seen} lines containing {needle:?}, expected {n}; output:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until a printed line contains `needle`; returns that line.
