@@ -359,3 +359,50 @@ pub fn run_tool(tool: &str, args: &[&str], input: &str, stdin: bool) -> (bool, S
     );
     (out.status.success(), text)
 }
+
+/// Each needle raw, percent-encoded once and twice (a signed query holds the token encoded once,
+/// a string to sign twice), both the vendor's way (`A-Z a-z 0-9 - _ . ~` kept) and with every
+/// non-alphanumeric byte encoded.
+pub fn needles(secrets: &[String]) -> Vec<String> {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const VENDOR: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let mut out: Vec<String> = Vec::new();
+    for s in secrets {
+        out.push(s.clone());
+        for set in [VENDOR, NON_ALPHANUMERIC] {
+            let once = utf8_percent_encode(s, set).to_string();
+            let twice = utf8_percent_encode(&once, set).to_string();
+            out.extend([once, twice]);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Asserts none of `secrets` appears in the exporter's output, /metrics (both formats), `/`.
+pub async fn assert_no_leak(p: &Proc, addr: SocketAddr, secrets: &[String]) {
+    let (_, _, landing) = get(addr, "/", &[]).await;
+    let places = [
+        ("output", p.output()),
+        ("metrics", scrape_text(addr).await),
+        ("openmetrics", scrape_om(addr).await),
+        ("landing page", String::from_utf8(landing).unwrap()),
+    ];
+    for (where_, text) in &places {
+        for n in needles(secrets) {
+            assert!(
+                !text.contains(&n),
+                "{n:?} leaked into the {where_}:\n{text}"
+            );
+        }
+    }
+    assert!(
+        p.output().contains("DEBUG"),
+        "the exporter really ran at trace level"
+    );
+}
