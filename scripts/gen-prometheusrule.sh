@@ -10,8 +10,12 @@
 #       deploy/kubernetes/components/prometheusrule/prometheusrule.yaml
 #                                                   the same rules as a Prometheus
 #                                                   Operator PrometheusRule
+#       deploy/grafana/redis-sessions.json          rewritten in place: a variable per
+#                                                   INSTANCE_LABELS label, the instance_id
+#                                                   variable filtered by them, and the
+#                                                   import prompt (__inputs, __requires)
 #
-#   scripts/gen-prometheusrule.sh                   write the three files
+#   scripts/gen-prometheusrule.sh                   write the four files
 #   scripts/gen-prometheusrule.sh --check           exit 1 if any of them is out of date
 #   scripts/gen-prometheusrule.sh --settings FILE --out DIR
 #                                                   other settings, written under DIR
@@ -47,12 +51,13 @@ done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-python3 - "$settings" "$tmp" <<'PY'
+python3 - "$settings" "$tmp" "$out_dir" <<'PY'
+import json
 import os
 import re
 import sys
 
-settings_path, out = sys.argv[1], sys.argv[2]
+settings_path, out, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 
 # Every key rules.env must set, with a check of its value.
 NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
@@ -196,6 +201,71 @@ spec:
   groups:
 """ + "\n".join(groups) + "\n"
 
+# The dashboard: its variables follow INSTANCE_LABELS, so that the labels alerts route on are
+# the labels the dashboard filters by. Everything else of the file is kept as it is.
+DASHBOARD = "deploy/grafana/redis-sessions.json"
+src = os.path.join(out_dir, DASHBOARD)
+if not os.path.exists(src):
+    src = DASHBOARD
+with open(src) as f:
+    dash = json.load(f)
+DS = {"type": "prometheus", "uid": "${datasource}"}
+names = [x.strip() for x in values["INSTANCE_LABELS"].split(",")]
+old = {v["name"]: v for v in dash["templating"]["list"]}
+generated = set(names) | {"datasource", "instance_id"}
+variables = [dict(old.get("datasource", {}), **{
+    "name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+    # The data source chosen at import (the DS_PROMETHEUS input) is the default.
+    "current": {"selected": False, "text": "${DS_PROMETHEUS}", "value": "${DS_PROMETHEUS}"},
+    "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1, "regex": "",
+    "skipUrlSync": False,
+})]
+for name in names:
+    q = f"label_values(redis_session_instance_info, {name})"
+    variables.append({
+        "name": name, "label": name,
+        "description": f"The instance label {name} (INSTANCE_LABELS of deploy/prometheus/rules.env).",
+        "type": "query", "datasource": DS, "definition": q, "query": q,
+        "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "options": [],
+        "refresh": 2, "regex": "", "sort": 1, "hide": 0, "skipUrlSync": False,
+    })
+matchers = ", ".join(f'{n}=~"${n}"' for n in names)
+q = f"label_values(redis_session_instance_info{{{matchers}}}, instance_id)"
+inst = dict(old.get("instance_id", {}), **{
+    "name": "instance_id", "label": "Instance", "type": "query", "datasource": DS,
+    "definition": q, "query": q, "multi": True, "includeAll": True, "current": {}, "options": [],
+    "refresh": 2, "regex": "", "sort": 1, "hide": 0, "skipUrlSync": False,
+    "description": "Instances with the labels selected on the left. All = every one of them.",
+})
+# No allValue: "All" expands to the instances listed, so the label variables filter every panel.
+inst.pop("allValue", None)
+variables.append(inst)
+variables += [v for v in dash["templating"]["list"] if v["name"] not in generated]
+dash["templating"]["list"] = variables
+
+
+def panel_types(panels):
+    for p in panels:
+        if p.get("type") != "row":
+            yield p["type"]
+        yield from panel_types(p.get("panels", []))
+
+
+NAMES = {"stat": "Stat", "timeseries": "Time series", "heatmap": "Heatmap", "table": "Table",
+         "state-timeline": "State timeline", "bargauge": "Bar gauge", "gauge": "Gauge", "text": "Text",
+         "piechart": "Pie chart"}
+ordered = {"__inputs": [{
+    "name": "DS_PROMETHEUS", "label": "Prometheus",
+    "description": "The Prometheus that scrapes redis-session-exporter",
+    "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus",
+}], "__requires": [
+    {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.3.0"},
+    {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+] + [{"type": "panel", "id": t, "name": NAMES.get(t, t), "version": ""}
+     for t in sorted(set(panel_types(dash["panels"])))]}
+ordered.update((k, v) for k, v in dash.items() if k not in ordered)
+outputs[DASHBOARD] = json.dumps(ordered, indent=2, ensure_ascii=False) + "\n"
+
 for path, text in outputs.items():
     dest = os.path.join(out, path)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -204,7 +274,7 @@ for path, text in outputs.items():
 PY
 
 outputs=(deploy/prometheus/recording-rules.yml deploy/prometheus/alert-rules.yml
-  deploy/kubernetes/components/prometheusrule/prometheusrule.yaml)
+  deploy/kubernetes/components/prometheusrule/prometheusrule.yaml deploy/grafana/redis-sessions.json)
 if [ "$check" = 1 ]; then
   rc=0
   for f in "${outputs[@]}"; do

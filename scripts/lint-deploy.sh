@@ -318,6 +318,10 @@ step_rule_settings() {
   # No placeholder left (a literal "${").
   # shellcheck disable=SC2016
   if grep -nF '${' "$f" "$out/deploy/prometheus/recording-rules.yml"; then rc=1; fi
+  # shellcheck disable=SC2016
+  grep -qF 'label_values(redis_session_instance_info{squad=~\"$squad\", tier=~\"$tier\", tag_owner=~\"$tag_owner\"}, instance_id)' \
+    "$out/deploy/grafana/redis-sessions.json" ||
+    { echo "other settings: the dashboard's instance_id variable does not filter by the instance labels"; rc=1; }
   sed -i 's|^IDLE_THRESHOLD_SECONDS=.*|IDLE_THRESHOLD_SECONDS=1000|' "$out/rules.env"
   if bash scripts/gen-prometheusrule.sh --settings "$out/rules.env" --out "$out" 2>"$out/err"; then
     echo "an idle threshold that is no bucket bound was accepted"
@@ -484,11 +488,40 @@ def squash(s):
 ds = variables.get("datasource")
 if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
     errors.append("no variable 'datasource' of type datasource with query prometheus")
+# One variable per instance label alerts route on (INSTANCE_LABELS of rules.env), and the
+# instance_id variable filtered by all of them; "All" expands to the instances listed (no
+# allValue), so that the label variables filter every panel.
+settings = {}
+with open("deploy/prometheus/rules.env") as f:
+    for line in f:
+        if line.strip() and not line.startswith("#"):
+            k, _, v = line.strip().partition("=")
+            settings[k] = v
+labels = [x.strip() for x in settings["INSTANCE_LABELS"].split(",")]
+for name in labels:
+    v = variables.get(name)
+    if not v or v.get("type") != "query" or not v.get("multi") or not v.get("includeAll") \
+            or v.get("allValue") != ".*" \
+            or squash(query_text(v)) != squash(f"label_values(redis_session_instance_info, {name})"):
+        errors.append(f"variable {name} (INSTANCE_LABELS) must be a multi, include-all (.*) query "
+                      f"label_values(redis_session_instance_info, {name})")
+matchers = ", ".join(f'{n}=~"${n}"' for n in labels)
+want = f"label_values(redis_session_instance_info{{{matchers}}}, instance_id)"
 inst = variables.get("instance_id")
 if not inst or inst.get("type") != "query" or not inst.get("multi") or not inst.get("includeAll") \
-        or squash(query_text(inst)) != squash("label_values(redis_session_up, instance_id)"):
-    errors.append("variable instance_id must be a multi, include-all query "
-                  "label_values(redis_session_up, instance_id)")
+        or "allValue" in inst or squash(query_text(inst)) != squash(want):
+    errors.append(f"variable instance_id must be a multi, include-all query without allValue: {want}")
+
+# Import from a file asks for the data source: a Prometheus input, and the requirements.
+inputs = d.get("__inputs") or []
+if not any(i.get("type") == "datasource" and i.get("pluginId") == "prometheus" for i in inputs):
+    errors.append("__inputs has no Prometheus data source input")
+if ds and inputs and ds.get("current", {}).get("value") != "${" + inputs[0]["name"] + "}":
+    errors.append("variable datasource does not default to the imported data source input")
+requires = {(r.get("type"), r.get("id")) for r in d.get("__requires") or []}
+for need in (("grafana", "grafana"), ("datasource", "prometheus")):
+    if need not in requires:
+        errors.append(f"__requires lacks {need}")
 node = variables.get("node_id")
 if not node or node.get("type") != "query" \
         or squash(query_text(node)) != squash('label_values(redis_sessions{instance_id=~"$instance_id"}, node_id)'):
@@ -535,6 +568,8 @@ for p in panels(d.get("panels", [])):
     walk_datasources(p, where)
     if p.get("type") == "row":
         continue
+    if ("panel", p.get("type")) not in requires:
+        errors.append(f"{where}: panel type {p.get('type')} not in __requires")
     if not isinstance(p.get("datasource"), dict):
         errors.append(f"{where}: no datasource")
     targets = p.get("targets") or []

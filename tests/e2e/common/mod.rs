@@ -2,6 +2,7 @@
 //! with its output captured so tests can read what it logged.
 
 pub mod pki;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
