@@ -904,7 +904,7 @@ mod tests {
             404
         );
         let c = h.counts(Resource::ReplicaSets);
-        assert_eq!((c.lists, c.refused, c.metadata_only), (2, 5, 1));
+        assert_eq!((c.lists, c.refused, c.metadata_only), (3, 5, 1));
     }
 
     #[tokio::test]
