@@ -6,6 +6,7 @@
 mod common;
 mod fakes;
 
+mod attribution;
 mod config_errors;
 mod credentials;
 mod direct;
