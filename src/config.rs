@@ -14,6 +14,10 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod attribution;
+
+pub use attribution::{AttributionConfig, KubernetesConfig, NetworkConfig};
+
 use crate::credentials::SecretString;
 use crate::snapshot::Limits;
 
@@ -37,6 +41,9 @@ pub const RESERVED_LABELS: &[&str] = &[
     "region",
     "user",
     "library",
+    "source_namespace",
+    "source_workload",
+    "source_kind",
     // Prometheus target labels: a clash would be renamed `exported_*` at scrape time.
     "instance",
     "job",
@@ -63,6 +70,9 @@ pub struct Config {
     pub discovery: Vec<crate::discovery::DiscoveryConfig>,
     #[serde(default)]
     pub sharding: ShardingConfig,
+    /// `[attribution]`: who holds the sessions (Kubernetes workloads, networks).
+    #[serde(default)]
+    pub attribution: AttributionConfig,
 }
 
 /// `[sharding]`: which part of the fleet this replica polls.
@@ -462,6 +472,7 @@ impl Config {
                 errs.push(e);
             }
         }
+        errs.extend(self.attribution.validate());
         if errs.is_empty() {
             Ok(())
         } else {
@@ -598,7 +609,8 @@ mod tests {
             Limits {
                 max_sources: 50,
                 max_commands: 100,
-                max_client_names: 50
+                max_client_names: 50,
+                max_workloads: 100,
             }
         );
         assert_eq!(c.instances, vec![InstanceConfig::new("r-1")]);

@@ -117,6 +117,8 @@ pub struct Limits {
     pub max_sources: usize,
     pub max_commands: usize,
     pub max_client_names: usize,
+    /// Series of the by-workload families per instance (attribution).
+    pub max_workloads: usize,
 }
 
 impl Default for Limits {
@@ -125,6 +127,7 @@ impl Default for Limits {
             max_sources: 50,
             max_commands: 100,
             max_client_names: 50,
+            max_workloads: 100,
         }
     }
 }
@@ -717,7 +720,7 @@ mod tests {
             sessions in proptest::collection::vec(arb_session(), 0..200),
             max_commands in 0usize..6, max_names in 0usize..6,
         ) {
-            let limits = Limits { max_sources: 3, max_commands, max_client_names: max_names };
+            let limits = Limits { max_sources: 3, max_commands, max_client_names: max_names, max_workloads: 100 };
             let mut f = Fold::new();
             let mut expect_sub = 0;
             let mut expect_max_omem = 0;
