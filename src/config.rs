@@ -611,6 +611,7 @@ mod tests {
                 max_commands: 100,
                 max_client_names: 50,
                 max_workloads: 100,
+                client_idle_threshold: None,
             }
         );
         assert_eq!(c.instances, vec![InstanceConfig::new("r-1")]);

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::attribution::{self, Attribution, Networks};
 use crate::config::{Config, InstanceConfig};
 use crate::credentials::CredentialProvider;
 use crate::das::DasClient;
@@ -143,6 +144,9 @@ async fn control_loop(
         &shutdown,
     );
     let mut scheduler = Scheduler::new(source, store.clone(), &cfg, shutdown.clone());
+    if let Some(a) = start_attribution(&cfg, &store, &shutdown) {
+        scheduler = scheduler.with_attribution(a, cfg.attribution.idle_threshold);
+    }
     let apply = |scheduler: &mut Scheduler,
                  cfg: &Config,
                  discovered: &BTreeMap<String, Vec<InstanceConfig>>| {
@@ -239,6 +243,74 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     }
     if format!("{:?}", old.credentials) != format!("{:?}", new.credentials) {
         tracing::warn!("[credentials] changed; it takes effect after a restart");
+    }
+    if old.attribution != new.attribution {
+        tracing::warn!("[attribution] changed; it takes effect after a restart");
+    }
+}
+
+/// Attribution as configured at start: the shared map, its watcher (with Kubernetes on), and a
+/// task publishing its own series. `None` when `[attribution]` names nothing to attribute with.
+fn start_attribution(
+    cfg: &Config,
+    store: &Arc<Store>,
+    shutdown: &CancellationToken,
+) -> Option<Arc<Attribution>> {
+    let ac = &cfg.attribution;
+    if !ac.is_enabled() {
+        return None;
+    }
+    let a = Arc::new(Attribution::new(
+        Networks::new(ac.parsed_networks()),
+        ac.kubernetes.enabled,
+    ));
+    if ac.kubernetes.enabled {
+        tokio::spawn(attribution::watch::run(
+            a.clone(),
+            ac.kubernetes.namespaces.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(publish_attribution_health(
+        a.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        networks = ac.networks.len(),
+        kubernetes = ac.kubernetes.enabled,
+        namespaces = ?ac.kubernetes.namespaces,
+        "attribution on"
+    );
+    Some(a)
+}
+
+/// Publishes `redis_session_exporter_attribution_pods` and `…_errors_total` when they change
+/// (checked every second: they move only with the watcher's work).
+async fn publish_attribution_health(
+    a: Arc<Attribution>,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let now = (a.pods_known(), a.errors());
+        if last.as_ref() != Some(&now) {
+            let blocks = Format::ALL.map(|fmt| {
+                let mut w = BlockWriter::new(fmt, None);
+                w.gauge(Fam::AttributionPods, &[], now.0);
+                for (code, n) in &now.1 {
+                    w.counter(Fam::AttributionErrors, &[("code", code)], *n);
+                }
+                w.finish()
+            });
+            store.publish_global("attribution", blocks);
+            last = Some(now);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
     }
 }
 

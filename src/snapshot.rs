@@ -1,11 +1,19 @@
 //! The typed aggregate of one instance's sessions, and the fold that builds it.
 //!
 //! A source feeds sessions one at a time into [`Fold::add`] (borrowed fields, nothing kept per
-//! session), then [`Fold::finish`] applies the cardinality caps and yields an immutable
-//! [`Snapshot`]. Every figure exported for an instance comes from one `Snapshot`.
+//! session), then [`Fold::finish`] bounds the breakdowns and yields a [`Snapshot`]; the
+//! scheduler then applies the sticky caps ([`Snapshot::apply_caps`], which remembers between
+//! polls which values hold a series) and names the clients (attribution). Every figure exported
+//! for an instance comes from one `Snapshot`.
+
+mod cap;
+
+pub use cap::Caps;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::attribution::{Figures as ClientFigures, Workload};
 
 /// Upper bounds (`le`) of `redis_session_idle_seconds`; `+Inf` is implicit.
 pub const IDLE_BOUNDS: &[u64] = &[1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400];
@@ -110,6 +118,13 @@ impl Hasher for FxHasher {
 /// The maps of the fold.
 pub type FoldMap = HashMap<Box<str>, u64, BuildHasherDefault<FxHasher>>;
 
+/// Figures per client IP, and what counts as long idle.
+#[derive(Debug)]
+struct ClientTally {
+    idle_threshold: u64,
+    map: HashMap<Box<str>, ClientFigures, BuildHasherDefault<FxHasher>>,
+}
+
 /// Cardinality caps, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -119,6 +134,10 @@ pub struct Limits {
     pub max_client_names: usize,
     /// Series of the by-workload families per instance (attribution).
     pub max_workloads: usize,
+    /// Not a config key: set from `[attribution] idle_threshold` (seconds) when attribution is
+    /// on, so that every fold built for these limits keeps per-client figures.
+    #[serde(skip)]
+    pub client_idle_threshold: Option<u64>,
 }
 
 impl Default for Limits {
@@ -128,6 +147,7 @@ impl Default for Limits {
             max_commands: 100,
             max_client_names: 50,
             max_workloads: 100,
+            client_idle_threshold: None,
         }
     }
 }
@@ -174,6 +194,9 @@ impl Distribution {
 #[derive(Debug, Clone, Default)]
 pub struct SessionView<'a> {
     pub node_id: &'a str,
+    /// The client's IP (DAS `Client`; the host part of a direct source's `addr`), for
+    /// attribution.
+    pub client: &'a str,
     pub cmd: &'a str,
     /// `None` when the answer gave no `Db`; exported as `db=""`.
     pub db: Option<i64>,
@@ -251,6 +274,8 @@ pub struct Fold {
     ssub: u64,
     /// True once any session carried direct-only fields.
     direct_fields: bool,
+    /// Per-client figures, kept only when attribution is on.
+    clients: Option<ClientTally>,
     /// Reused buffer for lower-casing commands without an allocation per session.
     scratch: String,
 }
@@ -298,12 +323,55 @@ impl Fold {
             tot_mem: Distribution::new(TOTAL_MEMORY_BOUNDS),
             ssub: 0,
             direct_fields: false,
+            clients: None,
             scratch: String::new(),
+        }
+    }
+
+    /// The fold `limits` ask for: with per-client figures when attribution is on.
+    pub fn for_limits(limits: &Limits) -> Self {
+        match limits.client_idle_threshold {
+            Some(t) => Self::with_clients(t),
+            None => Self::new(),
+        }
+    }
+
+    /// A fold that also keeps figures per client IP for attribution, counting sessions idle at
+    /// least `idle_threshold` seconds as long idle.
+    pub fn with_clients(idle_threshold: u64) -> Self {
+        Self {
+            clients: Some(ClientTally {
+                idle_threshold,
+                map: HashMap::default(),
+            }),
+            ..Self::new()
+        }
+    }
+
+    /// Whether per-client figures are kept ([`Fold::with_clients`]): a decoder that feeds
+    /// [`Fold::add_figures`] itself must then call [`Fold::add_client`] for each session.
+    pub fn tracks_clients(&self) -> bool {
+        self.clients.is_some()
+    }
+
+    /// Counts one session of `client` (idle `idle` seconds, `omem` bytes of output buffer) in
+    /// the per-client figures; nothing when they are not kept.
+    pub fn add_client(&mut self, client: &str, idle: u64, omem: u64) {
+        if let Some(t) = &mut self.clients {
+            let threshold = t.idle_threshold;
+            if let Some(f) = t.map.get_mut(client) {
+                f.add_session(idle, omem, threshold);
+            } else {
+                let mut f = ClientFigures::default();
+                f.add_session(idle, omem, threshold);
+                t.map.insert(client.into(), f);
+            }
         }
     }
 
     /// Adds one session to every aggregate.
     pub fn add(&mut self, s: &SessionView<'_>) {
+        self.add_client(s.client, s.idle, s.omem);
         self.add_figures(&Figures {
             db: s.db,
             flags: parse_flags(s.flags),
@@ -399,7 +467,9 @@ impl Fold {
         self.sessions
     }
 
-    /// Applies the caps and freezes the aggregate.
+    /// Bounds the breakdowns and freezes the aggregate: each keeps the values ranked within
+    /// twice its cap, which is all [`Snapshot::apply_caps`] can give a series (entering needs a
+    /// rank within the cap, staying one within twice the cap), and sums the rest into `other`.
     ///
     /// `reported_total` is what the source claimed (DAS `Data.Total`); when absent, the number of
     /// sessions folded. `timestamp_ms` is the source's own time of the answer, if it gave one.
@@ -420,9 +490,9 @@ impl Fold {
             reported_total: reported_total.unwrap_or(self.sessions),
             timestamp_ms,
             by_node: sorted(self.nodes),
-            by_source: cap(self.sources, limits.max_sources),
-            by_command: cap(self.commands, limits.max_commands),
-            by_client_name: cap(self.names, limits.max_client_names),
+            by_source: cap(self.sources, limits.max_sources.saturating_mul(2)),
+            by_command: cap(self.commands, limits.max_commands.saturating_mul(2)),
+            by_client_name: cap(self.names, limits.max_client_names.saturating_mul(2)),
             by_db: dbs.into_iter().collect(),
             by_flag: self.flags,
             subscriptions_channel: self.sub,
@@ -438,9 +508,14 @@ impl Fold {
             age: self.age,
             query_buffer: self.qbuf,
             output_buffer: self.omem,
+            by_client: self
+                .clients
+                .map(|t| t.map.into_iter().map(|(k, f)| (k.into(), f)).collect())
+                .unwrap_or_default(),
+            by_workload: None,
             direct: self.direct_fields.then(|| DirectFigures {
-                by_user: cap(self.users, limits.max_client_names),
-                by_library: cap(self.libraries, limits.max_client_names),
+                by_user: cap(self.users, limits.max_client_names.saturating_mul(2)),
+                by_library: cap(self.libraries, limits.max_client_names.saturating_mul(2)),
                 total_memory: self.tot_mem,
                 subscriptions_shard: self.ssub,
             }),
@@ -508,6 +583,10 @@ pub struct Snapshot {
     pub age: Distribution,
     pub query_buffer: Distribution,
     pub output_buffer: Distribution,
+    /// Per-client figures, when the fold kept them; consumed by [`Snapshot::apply_caps`].
+    pub by_client: Vec<(String, ClientFigures)>,
+    /// Sessions by workload (attribution), capped; `None` when attribution is off.
+    pub by_workload: Option<Vec<(Workload, ClientFigures)>>,
     /// Present only when the source reports direct-only fields.
     pub direct: Option<DirectFigures>,
 }
@@ -720,7 +799,7 @@ mod tests {
             sessions in proptest::collection::vec(arb_session(), 0..200),
             max_commands in 0usize..6, max_names in 0usize..6,
         ) {
-            let limits = Limits { max_sources: 3, max_commands, max_client_names: max_names, max_workloads: 100 };
+            let limits = Limits { max_sources: 3, max_commands, max_client_names: max_names, max_workloads: 100, client_idle_threshold: None };
             let mut f = Fold::new();
             let mut expect_sub = 0;
             let mut expect_max_omem = 0;
@@ -733,7 +812,9 @@ mod tests {
                 expect_sub += n[0];
                 expect_max_omem = expect_max_omem.max(n[3]);
             }
-            let s = f.finish(&limits, None, None);
+            let mut s = f.finish(&limits, None, None);
+            // A first poll: nothing held yet, so the caps are the plain ones.
+            s.apply_caps(&limits, &mut Caps::default(), None);
             let total = sessions.len() as u64;
             prop_assert_eq!(s.sessions, total);
             prop_assert_eq!(s.by_node.iter().map(|x| x.1).sum::<u64>(), total);

@@ -599,7 +599,7 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         self.eat(b'{')?;
         self.enter()?;
-        let mut text: [Option<Cow<'a, str>>; 4] = Default::default();
+        let mut text: [Option<Cow<'a, str>>; TEXT_FIELDS] = Default::default();
         let mut n: [Option<i64>; INT_FIELDS] = [None; INT_FIELDS];
         let mut slots = Vec::new();
         let mut learnable = true;
@@ -618,7 +618,7 @@ impl<'a> Scanner<'a> {
                 // the template path keeps only the last text, so such layouts are not learned.
                 let bit = match field {
                     Field::Text(k) => 1u32 << k,
-                    Field::Int(k) => 1 << (4 + k),
+                    Field::Int(k) => 1 << (TEXT_FIELDS + k),
                     Field::Other => 0,
                 };
                 learnable &= !key.escaped && seen & bit == 0;
@@ -652,9 +652,11 @@ impl<'a> Scanner<'a> {
             self.templates.truncate(TEMPLATES - 1);
             self.templates.insert(0, Template { slots, close });
         }
-        let [node, cmd, name, flags] = text;
+        let [node, cmd, name, flags, client] = text;
         let flags = flags.as_deref().unwrap_or("");
-        fold.add_figures(&figures(&n, parse_flags(flags)));
+        let f = figures(&n, parse_flags(flags));
+        fold.add_client(client.as_deref().unwrap_or(""), f.idle, f.omem);
+        fold.add_figures(&f);
         fold.add_node(node.as_deref().unwrap_or(""), 1);
         fold.add_command(cmd.as_deref().unwrap_or(""), 1);
         fold.add_client_name(name.as_deref().unwrap_or(""), 1);
@@ -678,7 +680,7 @@ impl<'a> Scanner<'a> {
         };
         let b = self.b;
         let mut i = self.i;
-        let mut text: [&'a [u8]; 4] = [b""; 4];
+        let mut text: [&'a [u8]; TEXT_FIELDS] = [b""; TEXT_FIELDS];
         let mut n: [Option<i64>; INT_FIELDS] = [None; INT_FIELDS];
         for (glue, field) in &t.slots {
             if !glue.at(b, i) {
@@ -713,13 +715,19 @@ impl<'a> Scanner<'a> {
         if !t.close.at(b, i) {
             return false;
         }
-        let [node, cmd, name, flags] = text;
-        // The reference refuses a `Flags` that is not UTF-8; the general path will say so.
-        if !flags.is_ascii() && std::str::from_utf8(flags).is_err() {
+        let [node, cmd, name, flags, client] = text;
+        // The reference refuses a `Flags` or `Client` that is not UTF-8; the general path will
+        // say so.
+        let utf8 = |b: &[u8]| b.is_ascii() || std::str::from_utf8(b).is_ok();
+        if !utf8(flags) || !utf8(client) {
             return false;
         }
         self.i = i + t.close.len();
-        fold.add_figures(&figures(&n, parse_flag_bytes(flags)));
+        let f = figures(&n, parse_flag_bytes(flags));
+        if fold.tracks_clients() {
+            fold.add_client(std::str::from_utf8(client).unwrap_or(""), f.idle, f.omem);
+        }
+        fold.add_figures(&f);
         self.tally.nodes.add(node);
         self.tally.commands.add(cmd);
         self.tally.names.add(name);
@@ -797,12 +805,15 @@ fn find_special(s: &[u8]) -> Option<usize> {
 /// A session field the fold uses.
 #[derive(Clone, Copy)]
 enum Field {
-    /// Index into the text slots: `NodeId`, `Cmd`, `Name`, `Flags`.
+    /// Index into the text slots: `NodeId`, `Cmd`, `Name`, `Flags`, `Client`.
     Text(usize),
     /// Index into the integer slots (`Db` .. `Age`).
     Int(usize),
     Other,
 }
+
+/// How many text slots a session has (`NodeId` .. `Client`).
+const TEXT_FIELDS: usize = 5;
 
 /// How many integer slots a session has (`Db` .. `Age`).
 const INT_FIELDS: usize = 11;
@@ -822,6 +833,7 @@ fn field(key: &RawStr<'_>) -> R<Field> {
         b"Cmd" => Field::Text(1),
         b"Name" => Field::Text(2),
         b"Flags" => Field::Text(3),
+        b"Client" => Field::Text(4),
         b"Db" => Field::Int(0),
         b"Sub" => Field::Int(1),
         b"Psub" => Field::Int(2),

@@ -184,6 +184,7 @@ enum SessionField {
     Cmd,
     Name,
     Flags,
+    Client,
     Db,
     Sub,
     Psub,
@@ -205,6 +206,7 @@ impl SessionField {
             b"Cmd" => Self::Cmd,
             b"Name" => Self::Name,
             b"Flags" => Self::Flags,
+            b"Client" => Self::Client,
             b"Db" => Self::Db,
             b"Sub" => Self::Sub,
             b"Psub" => Self::Psub,
@@ -260,7 +262,8 @@ impl<'de> Visitor<'de> for SessionSeed<'_> {
         f.write_str("a session object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let (mut node_id, mut cmd, mut name, mut flags) = (
+        let (mut node_id, mut cmd, mut name, mut flags, mut client) = (
+            LenientStr::default(),
             LenientStr::default(),
             LenientStr::default(),
             LenientStr::default(),
@@ -286,6 +289,10 @@ impl<'de> Visitor<'de> for SessionSeed<'_> {
                     flags = map.next_value()?;
                     continue;
                 }
+                F::Client => {
+                    client = map.next_value()?;
+                    continue;
+                }
                 F::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -306,6 +313,7 @@ impl<'de> Visitor<'de> for SessionSeed<'_> {
         }
         self.0.add(&SessionView {
             node_id: node_id.as_str(),
+            client: client.as_str(),
             cmd: cmd.as_str(),
             name: name.as_str(),
             flags: flags.as_str(),
@@ -495,7 +503,7 @@ fn is_ok_code(code: &str) -> bool {
 /// shape it leaves to serde), [`decode_reference`] decides, so results and errors are exactly
 /// the reference's.
 pub fn decode(body: &[u8], limits: &Limits) -> Result<Snapshot, DecodeError> {
-    let mut fold = Fold::new();
+    let mut fold = Fold::for_limits(limits);
     match super::scan::scan(body, &mut fold) {
         Some(env) => conclude(env, fold, limits),
         None => decode_reference(body, limits),
@@ -507,7 +515,7 @@ pub fn decode(body: &[u8], limits: &Limits) -> Result<Snapshot, DecodeError> {
 /// `decode` falls back to it for bodies the scanner will not judge, which gives those their
 /// exact serde_json error message.
 pub fn decode_reference(body: &[u8], limits: &Limits) -> Result<Snapshot, DecodeError> {
-    let mut fold = Fold::new();
+    let mut fold = Fold::for_limits(limits);
     let mut de = serde_json::Deserializer::from_slice(body);
     let env = EnvelopeSeed(&mut fold)
         .deserialize(&mut de)

@@ -689,7 +689,7 @@ impl DirectSource {
         let nodes: Vec<Arc<NodeClient>> = endpoints.iter().map(|e| self.node(e, &auth)).collect();
         let replies =
             futures_util::future::join_all(nodes.iter().map(|n| n.client_list(timeout))).await;
-        let mut fold = Fold::new();
+        let mut fold = Fold::for_limits(limits);
         for (node, reply) in nodes.iter().zip(replies) {
             // One node failing fails the poll: partial figures would look like a drop in sessions.
             let (text, own_id) = reply?;

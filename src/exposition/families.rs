@@ -73,6 +73,13 @@ families! {
         "Sessions per client library name (lib-name; direct source only).";
     TotalMemoryBytes => "redis_session_total_memory_bytes", GaugeHistogram,
         "Distribution of the total memory used by each session (tot-mem; direct source only).";
+    // Attribution (issue 14): only when [attribution] has networks or Kubernetes enabled.
+    ByWorkload => "redis_sessions_by_workload", Gauge,
+        "Sessions per Kubernetes workload, configured network or unknown; beyond max_workloads, summed in source_workload=\"other\".";
+    LongIdleByWorkload => "redis_sessions_long_idle_by_workload", Gauge,
+        "Sessions idle at least [attribution] idle_threshold, per workload.";
+    OutputBufferMaxByWorkload => "redis_session_output_buffer_max_bytes_by_workload", Gauge,
+        "Largest output buffer memory among each workload's sessions.";
     QueryBufferMax => "redis_session_query_buffer_max_bytes", Gauge,
         "Largest query buffer of any session.";
     OutputBufferMax => "redis_session_output_buffer_max_bytes", Gauge,
@@ -108,6 +115,10 @@ families! {
         "Failed discovery refreshes, per region and error code.";
     DiscoveryLastSuccess => "redis_session_exporter_discovery_last_success_timestamp_seconds", Gauge,
         "Unix time of the last successful discovery refresh, per region.";
+    AttributionPods => "redis_session_exporter_attribution_pods", Gauge,
+        "Pod IPs attribution currently knows (live pods, and deleted ones within 5 minutes).";
+    AttributionErrors => "redis_session_exporter_attribution_errors", Counter,
+        "Failed Kubernetes list/watch calls of attribution, by code.";
     ShardOrdinal => "redis_session_exporter_shard_ordinal", Gauge,
         "This replica's shard number.";
     TotalShards => "redis_session_exporter_total_shards", Gauge,

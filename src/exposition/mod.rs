@@ -432,6 +432,28 @@ fn write_snapshot(w: &mut BlockWriter, s: &Snapshot) {
         }
         w.gauge_histogram(Fam::TotalMemoryBytes, &[], &d.total_memory);
     }
+    if let Some(by) = &s.by_workload {
+        fn labels(w: &crate::attribution::Workload) -> [(&'static str, &str); 3] {
+            [
+                ("source_namespace", &w.namespace),
+                ("source_workload", &w.name),
+                ("source_kind", w.kind.as_str()),
+            ]
+        }
+        for (wl, f) in by {
+            w.gauge(Fam::ByWorkload, &labels(wl), f.sessions);
+        }
+        for (wl, f) in by {
+            w.gauge(Fam::LongIdleByWorkload, &labels(wl), f.long_idle);
+        }
+        for (wl, f) in by {
+            w.gauge(
+                Fam::OutputBufferMaxByWorkload,
+                &labels(wl),
+                f.output_buffer_max,
+            );
+        }
+    }
     w.gauge(Fam::QueryBufferMax, &[], s.query_buffer_max_bytes);
     w.gauge(Fam::OutputBufferMax, &[], s.output_buffer_max_bytes);
     w.gauge(Fam::OutputListMax, &[], s.output_list_max_objects);

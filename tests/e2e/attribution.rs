@@ -189,6 +189,11 @@ fn exporter_config(sim: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// `redis_sessions` of our instance, summed over its nodes.
+fn sessions_of(text: &str) -> f64 {
+    series_of(text, "redis_sessions", INSTANCE).values().sum()
+}
+
 /// Scrapes until `f` accepts the text.
 async fn scrape_until(exporter: SocketAddr, what: &str, f: impl Fn(&str) -> bool) -> String {
     wait_until(what, Duration::from_secs(20), || async {
@@ -221,11 +226,21 @@ async fn sessions_are_attributed_to_workloads_networks_and_unknown() {
         "the test needs a dozen client IPs, got {}",
         clients.len()
     );
-    let ip = |i: usize| clients[i].0.clone();
-    // The simulator's clients share one /24 (10.S.0.x); the networks split it.
-    let base = ip(0).rsplit_once('.').unwrap().0.to_owned();
-    let office = format!("{base}.0/25");
-    let batch_vpc = format!("{base}.64/26");
+    // The simulator's clients are 10.S.0.2 and up. The networks hold the highest addresses:
+    // `office` a /30, and inside it `batch-vpc` a /31 (the longest prefix wins there); the pods
+    // take the busiest addresses outside them, and what is left is unknown.
+    let octet = |c: &str| -> u32 { c.rsplit_once('.').unwrap().1.parse().unwrap() };
+    let base = clients[0].0.rsplit_once('.').unwrap().0.to_owned();
+    let top = clients.iter().map(|c| octet(&c.0)).max().unwrap();
+    let office = format!("{base}.{}/30", top & !3);
+    let batch_vpc = format!("{base}.{}/31", top & !1);
+    let outside: Vec<String> = clients
+        .iter()
+        .map(|c| c.0.clone())
+        .filter(|c| !ip_in(&office, c))
+        .collect();
+    assert!(outside.len() >= 9, "{outside:?}");
+    let ip = |i: usize| outside[i].clone();
 
     let (api, _stop) = start_api(K8sConfig::default()).await;
     api.apply(k8s::owner_object(
@@ -318,10 +333,10 @@ async fn sessions_are_attributed_to_workloads_networks_and_unknown() {
         raw.len(),
         "the series add up to every session"
     );
-    assert_eq!(
-        value(&text, "redis_session_exporter_attribution_pods"),
-        Some(5.0)
-    );
+    let text = scrape_until(addr, "five pod IPs known", |t| {
+        value(t, "redis_session_exporter_attribution_pods") == Some(5.0)
+    })
+    .await;
     assert!(
         !text.contains("redis_session_exporter_attribution_errors_total{"),
         "no failed call yet:\n{text}"
@@ -365,8 +380,8 @@ async fn sessions_are_attributed_to_workloads_networks_and_unknown() {
         "a deleted pod keeps its IP for the grace period"
     );
     api.apply(k8s::pod(
-        "dev",
-        "debug-next",
+        "shop",
+        "cart-7c9d8-c",
         &ip(4),
         Some(("ReplicaSet", "cart-7c9d8")),
     ));
@@ -395,7 +410,8 @@ async fn an_unreachable_api_leaves_networks_and_unknown() {
          users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n"
     );
     let base = raw[0].client.rsplit_once('.').unwrap().0.to_owned();
-    let net = format!("{base}.0/26");
+    // The lower addresses stay unknown.
+    let net = format!("{base}.8/29");
     let config = exporter_config(
         sim,
         &format!(
@@ -424,13 +440,7 @@ async fn an_unreachable_api_leaves_networks_and_unknown() {
         value(&text, "redis_session_exporter_attribution_pods"),
         Some(0.0)
     );
-    assert_eq!(
-        value(
-            &text,
-            &format!("redis_sessions{{instance_id=\"{INSTANCE}\"}}")
-        ),
-        Some(raw.len() as f64)
-    );
+    assert_eq!(sessions_of(&text), raw.len() as f64);
     let (status, _, _) = get(addr, "/readyz", &[]).await;
     assert_eq!(status, 200, "readiness does not wait for Kubernetes");
 }
@@ -442,10 +452,7 @@ async fn attribution_off_exports_nothing_and_calls_nothing() {
     let (_sim_proc, sim) = start_simulator(&sim_toml(50));
     let (api, _stop) = start_api(K8sConfig::default()).await;
     let (_exporter, addr) = start_with_kubeconfig(&exporter_config(sim, ""), &api.kubeconfig());
-    let text = scrape_until(addr, "the first poll", |t| {
-        value(t, &format!("redis_sessions{{instance_id=\"{INSTANCE}\"}}")) == Some(50.0)
-    })
-    .await;
+    let text = scrape_until(addr, "the first poll", |t| sessions_of(t) == 50.0).await;
     for family in [
         "redis_sessions_by_workload",
         "redis_sessions_long_idle_by_workload",

@@ -43,7 +43,9 @@ fault = { kind = "no_permission" }
 
 /// Four DAS instances, one direct instance (a real redis-server with one client) for the
 /// direct-only families, and a discovery block (the simulator's empty inventory) for the discovery
-/// families: every dashboard panel then has data.
+/// families, and attribution (a network for the simulator's clients; Kubernetes on with no
+/// configuration to be found, which counts `code="config"` errors) for the by-workload and
+/// attribution families: every dashboard panel then has data.
 fn exporter_config(sim: SocketAddr, redis: SocketAddr) -> String {
     format!(
         r#"
@@ -71,6 +73,10 @@ address = "redis://{redis}"
 regions = ["cn-hangzhou"]
 refresh = "1s"
 endpoint = "http://{sim}"
+[attribution]
+networks = [{{ cidr = "10.0.0.0/8", name = "vpc" }}]
+[attribution.kubernetes]
+enabled = true
 "#
     )
 }
