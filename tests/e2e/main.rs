@@ -11,6 +11,7 @@ mod credentials;
 mod direct;
 mod faults;
 mod fleet;
+mod front_door;
 mod image;
 mod polling;
 mod prometheus;
