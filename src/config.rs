@@ -648,6 +648,32 @@ mod tests {
             }
         );
         assert_eq!(c.instances, vec![InstanceConfig::new("r-1")]);
+        // The contract, as literals.
+        assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn server_limits_are_bounded_with_the_key_named() {
+        for (line, key) in [
+            ("max_connections = 0", "server.max_connections"),
+            ("max_connections = 100001", "server.max_connections"),
+            ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+            ("idle_timeout = \"61m\"", "server.idle_timeout"),
+            ("request_timeout = \"2h\"", "server.request_timeout"),
+            ("shutdown_timeout = \"0s\"", "server.shutdown_timeout"),
+        ] {
+            let e = error_text(load(&format!("[server]\n{line}\n{MINIMAL}")));
+            assert!(e.contains(&format!("`{key}`")), "{line}: {e}");
+        }
+        let c = load(&format!(
+            "[server]\nmax_connections = 100000\nidle_timeout = \"1h\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.server.max_connections, 100_000);
     }
 
     #[test]

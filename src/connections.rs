@@ -675,7 +675,10 @@ mod tests {
             async move { t.admit().await }
         });
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert!(!waiting.is_finished(), "admitted while every slot was serving");
+        assert!(
+            !waiting.is_finished(),
+            "admitted while every slot was serving"
+        );
         assert!(!a.close.is_cancelled() && !b.close.is_cancelled());
         // a's response is written: a turns idle, so it is evicted for the waiting arrival.
         answered(&a);
@@ -703,7 +706,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         // Bytes of a first head do not extend it.
         c.read_some();
-        assert_eq!(expired_after(&c), l.header_read_timeout - Duration::from_secs(2));
+        assert_eq!(
+            expired_after(&c),
+            l.header_read_timeout - Duration::from_secs(2)
+        );
 
         c.request_started();
         assert_eq!(expired_after(&c), l.request_timeout);
@@ -724,7 +730,10 @@ mod tests {
         assert_eq!(expired_after(&c), l.header_read_timeout);
         tokio::time::advance(Duration::from_secs(3)).await;
         c.read_some();
-        assert_eq!(expired_after(&c), l.header_read_timeout - Duration::from_secs(3));
+        assert_eq!(
+            expired_after(&c),
+            l.header_read_timeout - Duration::from_secs(3)
+        );
 
         t.expire(Instant::now());
         assert!(!c.close.is_cancelled());
@@ -797,14 +806,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Full: each arrival closes the connection waiting longest, never the busy one.
         let mut newer = TcpStream::connect(addr).await.unwrap();
-        assert!(closed_by_peer(&mut idle).await, "the idle connection makes room");
+        assert!(
+            closed_by_peer(&mut idle).await,
+            "the idle connection makes room"
+        );
         newer
             .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut out = String::new();
         newer.read_to_string(&mut out).await.unwrap();
-        assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("ok"), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
+            "{out}"
+        );
         release.notify_one();
         let mut b = vec![0u8; 4096];
         let n = busy.read(&mut b).await.unwrap();
@@ -836,7 +851,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(600)).await;
         let started = std::time::Instant::now();
         c.write_all(b"GET /ok HTTP/1.1\r\nX-Slow: ").await.unwrap();
-        assert!(closed_by_peer(&mut c).await, "the started head is never cut off");
+        assert!(
+            closed_by_peer(&mut c).await,
+            "the started head is never cut off"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "closed {:?} after the head started: idle_timeout, not header_read_timeout",
