@@ -9,6 +9,7 @@ mod fakes;
 mod config_errors;
 mod credentials;
 mod direct;
+mod docs;
 mod faults;
 mod fleet;
 mod image;
