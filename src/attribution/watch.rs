@@ -583,6 +583,17 @@ mod tests {
         panic!("{ip} never became {want}; it is {}", who(a, ip));
     }
 
+    /// Waits (bounded) until the stand-in has served `n` pod watches.
+    async fn until_watching(api: &K8sHandle, n: u64) {
+        for _ in 0..500 {
+            if api.counts(R::Pods).watches >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{n} pod watches never started: {:?}", api.counts(R::Pods));
+    }
+
     async fn until_errors(a: &Attribution, code: &str) -> u64 {
         for _ in 0..500 {
             if let Some((_, n)) = a.errors().into_iter().find(|(c, _)| c == code) {
@@ -673,10 +684,16 @@ mod tests {
         let r = start(cfg, &[], cluster).await;
         let a = &r.attribution;
         until(a, "10.1.0.1", "shop/cart/Deployment").await;
+        until_watching(&r.api, 1).await;
         // A clean end of the stream: resumed from the last version, no list, no error.
         r.api.drop_watches(false);
         r.api.apply(k8s::pod("x", "after-drop", "10.1.1.1", None));
         until(a, "10.1.1.1", "x/after-drop/Pod").await;
+        assert_eq!(
+            r.api.counts(R::Pods).watches,
+            2,
+            "the change came on a new watch"
+        );
         assert_eq!(r.api.counts(R::Pods).lists, 1);
         assert!(a.errors().is_empty(), "{:?}", a.errors());
         // A connection cut mid-stream (kube-rs reads the chunked body's early end as a
@@ -684,19 +701,19 @@ mod tests {
         r.api.drop_watches(true);
         r.api.apply(k8s::pod("x", "after-cut", "10.1.1.2", None));
         until(a, "10.1.1.2", "x/after-cut/Pod").await;
+        assert_eq!(r.api.counts(R::Pods).watches, 3);
         assert_eq!(r.api.counts(R::Pods).lists, 1);
-        assert!(
-            r.api.counts(R::Pods).watches >= 3,
-            "a new watch after each drop"
-        );
-        // Changes, then a compaction, then a drop: the resumed watch is 410 Gone, and the
-        // relist both finds what was added and notices what was deleted meanwhile.
-        r.api.apply(k8s::pod("x", "unseen", "10.1.1.3", None));
+        assert!(a.errors().is_empty(), "{:?}", a.errors());
+        // Another resource moves the cluster's version on, then history is compacted: the pod
+        // watch, resumed from its last pod event, is told 410 Gone and relists.
+        r.api
+            .apply(k8s::owner_object("Job", "batch", "unrelated", None));
         r.api.compact();
         r.api.drop_watches(false);
         until_errors(a, "http_410").await;
-        until(a, "10.1.1.3", "x/unseen/Pod").await;
-        assert!(r.api.counts(R::Pods).lists >= 2, "relisted after 410");
+        r.api.apply(k8s::pod("x", "after-relist", "10.1.1.3", None));
+        until(a, "10.1.1.3", "x/after-relist/Pod").await;
+        assert_eq!(r.api.counts(R::Pods).lists, 2, "relisted after 410");
         assert!(r.api.counts(R::Pods).gone >= 1);
     }
 
@@ -708,6 +725,7 @@ mod tests {
         };
         let r = start(cfg, &[], cluster).await;
         until(&r.attribution, "10.1.0.1", "shop/cart/Deployment").await;
+        until_watching(&r.api, 1).await;
         // Changes to other resources move the cluster's version on, then history is compacted.
         let before = r.api.counts(R::Pods).bookmarks;
         r.api

@@ -655,15 +655,32 @@ fn watch(
             bookmark_every.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
         loop {
             // Everything after what was sent, read at one version so a bookmark never skips.
-            let (pending, scanned): (Vec<Bytes>, u64) = {
+            // Under the lock that `drop_watches` cancels under: a change made after a drop is
+            // never sent on a dropped watch.
+            let drained: Result<(Vec<Bytes>, u64), bool> = {
                 let s = lock(&h.state);
-                let lines = s
-                    .log
-                    .iter()
-                    .filter(|c| c.rv > sent_up_to && matches(c.resource, &c.namespace))
-                    .map(|c| event_line(c.kind, shape(&c.object, metadata_only)))
-                    .collect();
-                (lines, s.rv)
+                if dropped.is_cancelled() {
+                    Err(s.abrupt)
+                } else {
+                    let lines = s
+                        .log
+                        .iter()
+                        .filter(|c| c.rv > sent_up_to && matches(c.resource, &c.namespace))
+                        .map(|c| event_line(c.kind, shape(&c.object, metadata_only)))
+                        .collect();
+                    Ok((lines, s.rv))
+                }
+            };
+            let (pending, scanned) = match drained {
+                Ok(d) => d,
+                Err(abrupt) => {
+                    if abrupt {
+                        let _ = tx
+                            .send(Err(std::io::Error::other("connection cut by the test")))
+                            .await;
+                    }
+                    return;
+                }
             };
             for line in pending {
                 if tx.send(Ok(line)).await.is_err() {
@@ -671,15 +688,18 @@ fn watch(
                 }
             }
             sent_up_to = scanned;
+            // Biased: a drop wins over a change that came after it, and a pending change is
+            // sent before a bookmark, so a bookmark never names a version it has not sent.
             tokio::select! {
-                r = changed.changed() => if r.is_err() { return },
-                () = &mut deadline => return,
+                biased;
                 () = dropped.cancelled() => {
                     if lock(&h.state).abrupt {
                         let _ = tx.send(Err(std::io::Error::other("connection cut by the test"))).await;
                     }
                     return;
                 }
+                () = &mut deadline => return,
+                r = changed.changed() => if r.is_err() { return },
                 _ = async { bookmarks.as_mut().expect("set").tick().await }, if bookmarks.is_some() => {
                     let bookmark = json!({
                         "kind": if metadata_only { "PartialObjectMetadata" } else { resource.kind() },
