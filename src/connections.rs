@@ -186,22 +186,33 @@ async fn connection(
 ) {
     let _slot = Slot(table, conn.clone());
     match tls {
-        None => http(tcp, router, conn, shutdown).await,
+        None => http(tcp, router, &conn, shutdown).await,
         Some(acceptor) => {
             let stream = tokio::select! {
-                _ = conn.close.cancelled() => return,
+                _ = conn.close.cancelled() => {
+                    if conn.state().closing == Some(Closed::TimedOut) {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    } else {
+                        conn.log_closed(peer);
+                    }
+                    return;
+                }
                 s = acceptor.accept(tcp) => s,
             };
             match stream {
-                Ok(stream) => http(stream, router, conn, shutdown).await,
+                Ok(stream) => http(stream, router, &conn, shutdown).await,
                 // Scanners and misconfigured clients: worth a debug line, not a warning.
-                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
             }
         }
     }
+    conn.log_closed(peer);
 }
 
-async fn http<S>(io: S, router: Router, conn: Arc<Conn>, shutdown: CancellationToken)
+async fn http<S>(io: S, router: Router, conn: &Arc<Conn>, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -278,8 +289,19 @@ struct State {
     in_flight: u32,
     /// Every response handed to hyper is whole; the connection turns idle at the next flush.
     bodies_done: bool,
-    /// Told to close; its task is on its way out.
-    closing: bool,
+    /// Told to close, and why; its task is on its way out.
+    closing: Option<Closed>,
+}
+
+/// Why the server closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// Its phase's deadline passed.
+    TimedOut,
+    /// It made room for a new connection.
+    Evicted,
+    /// Shutdown: it was waiting for a request, or `shutdown_timeout` ran out.
+    Shutdown,
 }
 
 /// What the table, the I/O wrapper and the service share about one connection.
@@ -307,9 +329,26 @@ impl Conn {
     }
 
     /// Tells the connection's task to drop the connection now.
-    fn close_now(&self) {
-        self.state().closing = true;
+    fn close_now(&self, why: Closed) {
+        self.state().closing.get_or_insert(why);
         self.close.cancel();
+    }
+
+    /// Logs why the server closed this connection (debug: a flood must not flood the log).
+    fn log_closed(&self, peer: std::net::SocketAddr) {
+        let s = self.state();
+        let timeout = match s.phase {
+            Phase::Opening | Phase::ReadingHead => "server.header_read_timeout",
+            Phase::Idle => "server.idle_timeout",
+            Phase::Serving => "server.request_timeout",
+        };
+        match s.closing {
+            Some(Closed::TimedOut) => tracing::debug!(%peer, timeout, "connection timed out"),
+            Some(Closed::Evicted) => {
+                tracing::debug!(%peer, "connection closed to make room for a new one")
+            }
+            Some(Closed::Shutdown) | None => {}
+        }
     }
 
     /// A complete request head arrived.
@@ -344,7 +383,7 @@ impl Conn {
         s.deadline = now + self.shared.limits.idle_timeout;
         drop(s);
         if self.shared.draining.load(Ordering::Acquire) {
-            self.close_now();
+            self.close_now(Closed::Shutdown);
         }
         self.shared.room.notify_one();
     }
@@ -413,7 +452,7 @@ impl Table {
             let mut oldest: Option<(Instant, &Arc<Conn>)> = None;
             for c in conns.values() {
                 let s = c.state();
-                if s.closing {
+                if s.closing.is_some() {
                     return None;
                 }
                 if s.phase != Phase::Serving && oldest.is_none_or(|(t, _)| s.waiting_since < t) {
@@ -421,7 +460,7 @@ impl Table {
                 }
             }
             if let Some((since, c)) = oldest {
-                c.close_now();
+                c.close_now(Closed::Evicted);
                 tracing::debug!(
                     waited = ?now.saturating_duration_since(since),
                     "all server.max_connections taken: closing the connection waiting longest for a request head"
@@ -438,7 +477,7 @@ impl Table {
                 deadline: now + self.limits.header_read_timeout,
                 in_flight: 0,
                 bodies_done: false,
-                closing: false,
+                closing: None,
             }),
             shared: self.shared.clone(),
         });
@@ -457,7 +496,7 @@ impl Table {
     fn expire(&self, now: Instant) {
         for c in self.conns().values() {
             if c.state().deadline <= now {
-                c.close_now();
+                c.close_now(Closed::TimedOut);
             }
         }
     }
@@ -468,14 +507,14 @@ impl Table {
         self.shared.draining.store(true, Ordering::Release);
         for c in self.conns().values() {
             if c.state().phase != Phase::Serving {
-                c.close_now();
+                c.close_now(Closed::Shutdown);
             }
         }
     }
 
     fn close_all(&self) {
         for c in self.conns().values() {
-            c.close_now();
+            c.close_now(Closed::Shutdown);
         }
     }
 }
