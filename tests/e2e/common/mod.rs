@@ -356,6 +356,20 @@ pub async fn sim_stats(sim: SocketAddr) -> serde_json::Value {
     serde_json::from_slice(&body).unwrap()
 }
 
+/// Sets `instance`'s fault on the simulator (`fault` is the fault's JSON, e.g.
+/// `{"kind":"no_permission"}`).
+pub async fn set_fault(sim: SocketAddr, instance: &str, fault: &str) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = client
+        .put(format!("http://{sim}/_sim/faults/{instance}"))
+        .header("content-type", "application/json")
+        .body(fault.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "set fault {fault}: {}", r.status());
+}
+
 pub async fn clear_fault(sim: SocketAddr, instance: &str) {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     client
