@@ -125,6 +125,15 @@ struct ClientTally {
     map: HashMap<Box<str>, ClientFigures, BuildHasherDefault<FxHasher>>,
 }
 
+impl ClientTally {
+    fn sorted(self) -> Vec<(String, ClientFigures)> {
+        let mut v: Vec<(String, ClientFigures)> =
+            self.map.into_iter().map(|(k, f)| (k.into(), f)).collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
 /// Cardinality caps, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -508,10 +517,7 @@ impl Fold {
             age: self.age,
             query_buffer: self.qbuf,
             output_buffer: self.omem,
-            by_client: self
-                .clients
-                .map(|t| t.map.into_iter().map(|(k, f)| (k.into(), f)).collect())
-                .unwrap_or_default(),
+            by_client: self.clients.map(ClientTally::sorted).unwrap_or_default(),
             by_workload: None,
             direct: self.direct_fields.then(|| DirectFigures {
                 by_user: cap(self.users, limits.max_client_names.saturating_mul(2)),
