@@ -5,9 +5,12 @@
 //! Used by `simulate`, `demo`, the end-to-end tests and the benchmarks. Control endpoints under
 //! `/_sim/` set faults at run time, return the exact answer an instance gets, and count the
 //! requests seen per instance (which is how tests check retries and the rate limit).
+//!
+//! [`k8s`] is its Kubernetes counterpart: an API server stand-in for the attribution tests.
 
 pub mod data;
 pub mod faults;
+pub mod k8s;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

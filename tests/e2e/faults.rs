@@ -694,3 +694,177 @@ async fn the_signature_echo_leaks_nothing() {
     )
     .await;
 }
+
+/// The log says what failed once per change of state: a failing instance whose error code
+/// changes gets a second `poll failing` line, naming the new code, and no more while that code
+/// lasts; recovery is one `instance recovered` line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_error_code_logs_a_second_warning() {
+    let id = "r-changing";
+    let (_sim, sim) = start_simulator(&format!(
+        "sessions = 5\n[instances.{id}]\nfault = {{ kind = \"no_permission\" }}\n"
+    ));
+    let (exporter, addr) = start_exporter(&exporter_config(sim, "", &[id]), &[]);
+    let failing = "poll failing";
+    let wait_polls = |n: f64| async move {
+        wait_until(&format!("{n} polls"), Duration::from_secs(30), || async {
+            let text = scrape_text(addr).await;
+            (polls(&text, id) >= n).then_some(text)
+        })
+        .await
+    };
+    wait_polls(3.0).await;
+    assert_eq!(log_lines(&exporter, failing, id), 1);
+
+    set_fault(sim, id, r#"{"kind":"invalid_params"}"#).await;
+    let text = wait_until("the new code counted", Duration::from_secs(30), || async {
+        let text = scrape_text(addr).await;
+        error_codes(&text, id)
+            .contains_key("InvalidParams")
+            .then_some(text)
+    })
+    .await;
+    // A few more polls with the new code: still two lines.
+    wait_polls(polls(&text, id) + 3.0).await;
+    assert_eq!(
+        log_lines(&exporter, failing, id),
+        2,
+        "{}",
+        exporter.output()
+    );
+    let out = exporter.output();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(failing) && l.contains(&format!("instance_id={id} ")))
+        .collect();
+    assert!(lines[0].contains("code=NoPermission"), "{}", lines[0]);
+    assert!(lines[1].contains("code=InvalidParams"), "{}", lines[1]);
+
+    clear_fault(sim, id).await;
+    wait_until("recovery", Duration::from_secs(30), || async {
+        (up(&scrape_text(addr).await, id) == Some(1.0)).then_some(())
+    })
+    .await;
+    let text = scrape_text(addr).await;
+    wait_polls(polls(&text, id) + 2.0).await;
+    assert_eq!(log_lines(&exporter, "instance recovered", id), 1);
+    assert_eq!(log_lines(&exporter, failing, id), 2);
+}
+
+/// Transient faults are retried inside the poll, permanent ones are not: read from the simulator,
+/// each poll of a transient fault sends at least two requests, each poll of a permanent one
+/// exactly one. With a 2 s interval and a 1 s timeout, the first back-off (0.25–0.5 s) always fits
+/// the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_are_retried_and_permanent_ones_are_not() {
+    const TRANSIENT: &[(&str, &str)] = &[
+        ("r-retry-throttle", r#"{ kind = "throttling_user" }"#),
+        ("r-retry-503", r#"{ kind = "service_unavailable" }"#),
+        ("r-retry-500", r#"{ kind = "internal_error" }"#),
+        ("r-retry-html", r#"{ kind = "html_error", status = 502 }"#),
+        ("r-retry-reset", r#"{ kind = "reset_before_response" }"#),
+    ];
+    const PERMANENT: &[(&str, &str)] = &[
+        (
+            "r-once-signature",
+            r#"{ kind = "signature_does_not_match" }"#,
+        ),
+        (
+            "r-once-timestamp",
+            r#"{ kind = "invalid_timestamp_expired" }"#,
+        ),
+        ("r-once-permission", r#"{ kind = "no_permission" }"#),
+        ("r-once-params", r#"{ kind = "invalid_params" }"#),
+        ("r-once-truncated", r#"{ kind = "truncated_json" }"#),
+        ("r-once-total", r#"{ kind = "total_mismatch", extra = 5 }"#),
+    ];
+    let mut sim_toml = String::from("sessions = 5\n");
+    for (id, fault) in TRANSIENT.iter().chain(PERMANENT) {
+        sim_toml.push_str(&format!("[instances.{id}]\nfault = {fault}\n"));
+    }
+    let (_sim, sim) = start_simulator(&sim_toml);
+    let ids: Vec<&str> = TRANSIENT.iter().chain(PERMANENT).map(|c| c.0).collect();
+    let cfg = exporter_config(sim, "", &ids).replace("interval = \"1s\"", "interval = \"2s\"");
+    let (_exporter, addr) = start_exporter(&cfg, &[]);
+    wait_until("three polls of each", Duration::from_secs(40), || async {
+        let text = scrape_text(addr).await;
+        ids.iter().all(|id| polls(&text, id) >= 3.0).then_some(())
+    })
+    .await;
+    // Polls counted before and after the simulator's figures bracket them: every request the
+    // simulator saw belongs to a poll finished by the second scrape or to the one in flight.
+    let before = scrape_text(addr).await;
+    let stats = sim_stats(sim).await;
+    let after = scrape_text(addr).await;
+    let requests = |id: &str| stats["requests"][id].as_u64().unwrap_or(0) as f64;
+    for (id, _) in TRANSIENT {
+        let (p, r) = (polls(&before, id), requests(id));
+        assert!(
+            r >= 2.0 * p,
+            "{id}: {r} requests for {p} polls: not retried"
+        );
+    }
+    for (id, _) in PERMANENT {
+        let (p0, r, p1) = (polls(&before, id), requests(id), polls(&after, id));
+        assert!(
+            p0 <= r && r <= p1 + 1.0,
+            "{id}: {r} requests for {p0}..{p1} polls: retried"
+        );
+    }
+}
+
+/// Discovery denied (the RAM policy lacks `kvstore:DescribeInstances`): every refresh is counted
+/// under the API's code, while the static instances keep being polled and the exporter turns
+/// ready; nothing of the inventory is polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_discovery_leaves_static_instances_polled() {
+    let (_sim, sim) = start_simulator(
+        "sessions = 5\n[instances.DescribeInstances]\nfault = { kind = \"no_permission\" }\n",
+    );
+    // Something to find if discovery were allowed.
+    let inventory = serde_json::json!([{
+        "InstanceId": "r-inventory-1", "InstanceName": "x", "ArchitectureType": "standard",
+        "InstanceStatus": "Normal", "InstanceType": "Redis", "RegionId": "cn-hangzhou",
+    }]);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = client
+        .put(format!("http://{sim}/_sim/inventory"))
+        .header("content-type", "application/json")
+        .body(inventory.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let discovery = format!(
+        "[[discovery]]\nregions = [\"cn-hangzhou\"]\nrefresh = \"1s\"\nendpoint = \"http://{sim}\"\n"
+    );
+    let ids = ["r-static-a", "r-static-b"];
+    let (exporter, addr) = start_exporter(&exporter_config(sim, &discovery, &ids), &[]);
+    let errors = "redis_session_exporter_discovery_errors_total{region=\"cn-hangzhou\",code=\"NoPermission\"}";
+    let text = wait_until(
+        "three denied refreshes and three polls of each static instance",
+        Duration::from_secs(40),
+        || async {
+            let text = scrape_text(addr).await;
+            (value(&text, errors) >= Some(3.0) && ids.iter().all(|id| polls(&text, id) >= 3.0))
+                .then_some(text)
+        },
+    )
+    .await;
+    for id in ids {
+        assert_eq!(up(&text, id), Some(1.0), "{id}");
+    }
+    assert_eq!(up(&text, "r-inventory-1"), None);
+    assert_eq!(get(addr, "/readyz", &[]).await.0, 200);
+    let stats = sim_stats(sim).await;
+    assert!(stats["requests"].get("r-inventory-1").is_none(), "{stats}");
+    assert!(
+        stats["describe_requests"]["cn-hangzhou"].as_u64() >= Some(3),
+        "{stats}"
+    );
+    assert!(
+        exporter.output().contains("discovery refresh failed"),
+        "{}",
+        exporter.output()
+    );
+}

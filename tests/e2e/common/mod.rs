@@ -40,11 +40,46 @@ impl Proc {
         wait_exit(&mut self.child, Duration::from_secs(15))
     }
 
+    /// Sends `sig` (e.g. `HUP`); panics if it could not be delivered.
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
+        let status = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
-            .status();
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed: {status}");
+    }
+
+    /// How many printed lines contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until exactly `n` printed lines contain `needle` (more is a failure too).
+    pub fn wait_for_lines(&self, needle: &str, n: usize, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            let seen = self.count_lines(needle);
+            assert!(
+                seen <= n,
+                "{seen} lines containing {needle:?}, expected {n}; output:\n{}",
+                self.output()
+            );
+            if seen == n {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{seen} lines containing {needle:?}, expected {n}; output:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until a printed line contains `needle`; returns that line.
@@ -315,6 +350,20 @@ pub fn series_of(text: &str, metric: &str, instance: &str) -> BTreeMap<String, f
 pub async fn sim_stats(sim: SocketAddr) -> serde_json::Value {
     let (_, _, body) = get(sim, "/_sim/stats", &[]).await;
     serde_json::from_slice(&body).unwrap()
+}
+
+/// Sets `instance`'s fault on the simulator (`fault` is the fault's JSON, e.g.
+/// `{"kind":"no_permission"}`).
+pub async fn set_fault(sim: SocketAddr, instance: &str, fault: &str) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = client
+        .put(format!("http://{sim}/_sim/faults/{instance}"))
+        .header("content-type", "application/json")
+        .body(fault.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "set fault {fault}: {}", r.status());
 }
 
 pub async fn clear_fault(sim: SocketAddr, instance: &str) {
