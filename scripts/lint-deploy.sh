@@ -586,7 +586,10 @@ for i, (where, e) in enumerate(exprs):
             errors.append(f"{where}: undefined variable ${name}")
     # What the end-to-end test runs: variables as match-all regexes, $__rate_interval as 1m.
     sub = re.sub(r"\$\{?__rate_interval\}?", "1m", e)
-    sub = re.sub(r"\$\{?(\w+)\}?", ".*", sub)
+    # Constants by their value, the other variables as "All".
+    sub = re.sub(r"\$\{?(\w+)\}?",
+                 lambda m: str(variables[m.group(1)].get("query", "")) if variables.get(m.group(1), {}).get("type") == "constant"
+                 else ".*", sub)
     rules.append({"record": f"dashboard_query_{i}", "expr": sub})
 
 with open(rules_out, "w") as f:
