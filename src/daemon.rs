@@ -15,12 +15,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Sharding;
 use crate::config::{Config, InstanceConfig};
 use crate::credentials::CredentialProvider;
 use crate::das::DasClient;
 use crate::discovery::{self, SourceKey};
 use crate::exposition::{BlockWriter, Fam, Format};
-use crate::fleet::{self, Sharding};
+use crate::fleet;
 use crate::scheduler::Scheduler;
 use crate::server::{app, AppState};
 use crate::source::Source;
@@ -111,7 +112,7 @@ pub async fn run_with_web(
     let (tls, basic_auth) = web
         .as_ref()
         .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
-    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total_shards, interval = ?cfg.poll.interval, "serving /metrics");
+    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total, interval = ?cfg.poll.interval, "serving /metrics");
     let router = app(AppState::new(store).with_control(tx));
     webconfig::serve(listener, router, web.as_ref(), shutdown.clone())
         .await
@@ -146,7 +147,7 @@ async fn control_loop(
     let apply = |scheduler: &mut Scheduler,
                  cfg: &Config,
                  discovered: &BTreeMap<String, Vec<InstanceConfig>>| {
-        let sharding = cfg.sharding.sharding();
+        let sharding = cfg.sharding;
         publish_sharding(&store, sharding);
         let mut effective = cfg.clone();
         effective.instances = fleet::effective(&cfg.instances, discovered, sharding);
@@ -237,7 +238,7 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     if old.das != new.das {
         tracing::warn!("[das] changed; it takes effect after a restart");
     }
-    if format!("{:?}", old.credentials) != format!("{:?}", new.credentials) {
+    if old.credentials != new.credentials {
         tracing::warn!("[credentials] changed; it takes effect after a restart");
     }
 }

@@ -11,20 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::InstanceConfig;
-
-/// Which part of the fleet this replica owns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sharding {
-    pub shard: u32,
-    pub total: u32,
-}
-
-impl Default for Sharding {
-    fn default() -> Self {
-        Self { shard: 0, total: 1 }
-    }
-}
+use crate::config::{InstanceConfig, Sharding};
 
 /// FNV-1a, 64 bits.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {

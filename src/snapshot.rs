@@ -110,24 +110,8 @@ impl Hasher for FxHasher {
 /// The maps of the fold.
 pub type FoldMap = HashMap<Box<str>, u64, BuildHasherDefault<FxHasher>>;
 
-/// Cardinality caps, from `[limits]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub max_sources: usize,
-    pub max_commands: usize,
-    pub max_client_names: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_sources: 50,
-            max_commands: 100,
-            max_client_names: 50,
-        }
-    }
-}
+/// The caps the fold applies, configured in `[limits]`.
+pub use crate::config::Limits;
 
 /// A gauge histogram over non-negative integers: per-bucket counts (not cumulative), count and sum.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,12 +12,12 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
-use crate::config::InstanceConfig;
-use crate::credentials::BoxFuture;
+use crate::config::{InstanceConfig, SourceKind};
 use crate::snapshot::{Limits, Snapshot};
 
 /// Why a poll failed. Each variant maps to one bounded `code` label.
@@ -235,8 +235,8 @@ impl Source for Router {
         ctx: &'a PollContext,
     ) -> BoxFuture<'a, Result<Snapshot, PollError>> {
         match instance.source {
-            crate::config::SourceKind::Das => self.das.poll(instance, ctx),
-            crate::config::SourceKind::Direct => self.direct.poll(instance, ctx),
+            SourceKind::Das => self.das.poll(instance, ctx),
+            SourceKind::Direct => self.direct.poll(instance, ctx),
         }
     }
 }

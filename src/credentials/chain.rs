@@ -5,9 +5,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use futures_util::future::BoxFuture;
+
 use super::{
-    ecs, file, from_env_with, oidc, profile, BoxFuture, CredentialError, CredentialProvider,
-    Credentials, Health, Settings, Spec,
+    ecs, file, from_env_with, oidc, profile, CredentialError, CredentialProvider, Credentials,
+    Health, Settings, Spec,
 };
 
 /// The chain as built from the environment at start-up.

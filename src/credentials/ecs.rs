@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use futures_util::future::BoxFuture;
+
 use super::oidc::parse_expiration;
 use super::refresh::Fetch;
-use super::{BoxFuture, CredentialError, Credentials, SecretString};
+use super::{CredentialError, Credentials, SecretString};
 
 pub const ENV_ECS_METADATA: &str = "ALIBABA_CLOUD_ECS_METADATA";
 pub const ENV_ECS_METADATA_DISABLED: &str = "ALIBABA_CLOUD_ECS_METADATA_DISABLED";

@@ -26,17 +26,16 @@ pub use env::{
 };
 
 use std::fmt;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use secrecy::{ExposeSecret, SecretString};
+use futures_util::future::BoxFuture;
 
-/// A boxed future, so providers can sit behind `dyn` without an extra crate.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::config::{check_role_session_name, normalize_endpoint, CredentialsConfig, Provider};
+
+pub use secrecy::{ExposeSecret, SecretString};
 
 /// One set of credentials as the signer needs them.
 #[derive(Clone)]
@@ -300,24 +299,6 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_and_session_names() {
-        assert_eq!(
-            normalize_endpoint("sts-vpc.cn-hangzhou.aliyuncs.com").unwrap(),
-            "https://sts-vpc.cn-hangzhou.aliyuncs.com"
-        );
-        assert_eq!(
-            normalize_endpoint("http://127.0.0.1:8080/").unwrap(),
-            "http://127.0.0.1:8080"
-        );
-        for bad in ["ftp://x", "http://", "https://h/path", "a b", ""] {
-            assert!(normalize_endpoint(bad).is_err(), "{bad}");
-        }
-        assert!(check_role_session_name("exporter@ns.pod-1").is_ok());
-        assert!(check_role_session_name("x").is_err());
-        assert!(check_role_session_name("has space").is_err());
-    }
-
-    #[test]
     fn sensitive_strings_cover_encodings() {
         let c = Credentials::new("id", "se/cr=t", Some("to+ken/=".into()));
         let s = c.sensitive_strings();
@@ -373,44 +354,6 @@ pub const DEFAULT_ROLE_SESSION_NAME: &str = "redis-session-exporter";
 pub const ENV_STS_ENDPOINT: &str = "ALIBABA_CLOUD_STS_ENDPOINT";
 pub const ENV_ROLE_SESSION_NAME: &str = "ALIBABA_CLOUD_ROLE_SESSION_NAME";
 
-/// A bare host means https; a full `http(s)://host[:port]` URL is taken as is. Returns the URL
-/// without a trailing slash.
-pub fn normalize_endpoint(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let with_scheme = if s.contains("://") {
-        s.to_owned()
-    } else {
-        format!("https://{s}")
-    };
-    match reqwest::Url::parse(&with_scheme) {
-        Ok(u)
-            if matches!(u.scheme(), "http" | "https")
-                && u.host_str().is_some_and(|h| !h.is_empty())
-                && u.query().is_none()
-                && matches!(u.path(), "" | "/") =>
-        {
-            Ok(with_scheme.trim_end_matches('/').to_owned())
-        }
-        _ => Err(format!(
-            "{s:?} is neither a host name nor an http(s)://host[:port] URL"
-        )),
-    }
-}
-
-/// `RoleSessionName` as STS accepts it: 2 to 64 of `[A-Za-z0-9._@-]`.
-pub fn check_role_session_name(s: &str) -> Result<(), String> {
-    let ok = (2..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{s:?} must be 2 to 64 characters of letters, digits and . _ @ -"
-        ))
-    }
-}
-
 /// What every provider needs besides its own files: endpoints and names from `[credentials]`
 /// and the environment, resolved once.
 #[derive(Debug, Clone)]
@@ -427,7 +370,7 @@ pub struct Settings {
 impl Settings {
     /// Config keys win over the SDK environment variables, which win over the defaults.
     pub fn resolve(
-        cfg: &crate::config::CredentialsConfig,
+        cfg: &CredentialsConfig,
         get: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, CredentialError> {
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
@@ -507,24 +450,24 @@ impl Spec {
 
 /// Builds the provider `[credentials]` asks for.
 pub fn from_config(
-    cfg: &crate::config::CredentialsConfig,
+    cfg: &CredentialsConfig,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
     from_config_with(cfg, &|k| std::env::var(k).ok())
 }
 
 /// [`from_config`] with the environment passed in, for tests.
 pub fn from_config_with(
-    cfg: &crate::config::CredentialsConfig,
+    cfg: &CredentialsConfig,
     get: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
     let settings = Settings::resolve(cfg, get)?;
     tracing::debug!(provider = %cfg.provider, sts = %settings.sts_endpoint,
         metadata = %settings.ecs_metadata_endpoint, "building the credential provider");
-    match cfg.provider.as_str() {
-        "default" => Ok(Arc::new(chain::Chain::from_env(&settings, get))),
-        "env" => Ok(Arc::new(from_env_with(get)?)),
-        "static" => static_from_config(cfg),
-        "oidc" => oidc::OidcParams::from_env(get)?
+    match cfg.provider {
+        Provider::Default => Ok(Arc::new(chain::Chain::from_env(&settings, get))),
+        Provider::Env => Ok(Arc::new(from_env_with(get)?)),
+        Provider::Static => static_from_config(cfg),
+        Provider::Oidc => oidc::OidcParams::from_env(get)?
             .ok_or_else(|| {
                 CredentialError::not_configured(
                     "oidc",
@@ -537,12 +480,12 @@ pub fn from_config_with(
                 )
             })
             .and_then(|p| Spec::Oidc(p).build("oidc", &settings, get)),
-        "profile" => {
+        Provider::Profile => {
             let path = profile::path(&settings)
                 .ok_or_else(|| CredentialError::not_configured("profile", "HOME is not set"))?;
             profile::load(&path, get)?.build("profile", &settings, get)
         }
-        "file" => {
+        Provider::File => {
             let path = file::path(&settings, get).ok_or_else(|| {
                 CredentialError::not_configured(
                     "file",
@@ -551,19 +494,15 @@ pub fn from_config_with(
             })?;
             file::load(&path, get)?.build("file", &settings, get)
         }
-        "ecs_ram_role" => Spec::EcsRamRole {
+        Provider::EcsRamRole => Spec::EcsRamRole {
             role: ecs::role_from_env(get),
         }
         .build("ecs_ram_role", &settings, get),
-        other => Err(CredentialError::not_configured(
-            "default",
-            format!("credentials.provider {other:?} is not a known provider"),
-        )),
     }
 }
 
 fn static_from_config(
-    cfg: &crate::config::CredentialsConfig,
+    cfg: &CredentialsConfig,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
     let fail = |reason: String| CredentialError::not_configured("static", reason);
     let id = cfg

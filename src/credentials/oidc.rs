@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::BoxFuture;
+
 use super::refresh::Fetch;
-use super::{BoxFuture, CredentialError, Credentials, ExposeSecret, SecretString};
+use super::{CredentialError, Credentials, ExposeSecret, SecretString};
 use crate::das::sign;
 
 pub const ENV_ROLE_ARN: &str = "ALIBABA_CLOUD_ROLE_ARN";
@@ -201,7 +203,7 @@ impl OidcFetcher {
             .role_session_name
             .take()
             .unwrap_or_else(|| session_name.to_owned());
-        super::check_role_session_name(&session_name).map_err(|r| {
+        crate::config::check_role_session_name(&session_name).map_err(|r| {
             CredentialError::not_configured(name, format!("role_session_name: {r}"))
         })?;
         Ok(Self {

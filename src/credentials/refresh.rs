@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use super::{BoxFuture, CredentialError, CredentialProvider, Credentials, Health};
+use futures_util::future::BoxFuture;
+
+use super::{CredentialError, CredentialProvider, Credentials, Health};
 
 /// How long before `Expiration` credentials count as stale: what the official SDKs use.
 pub const STALE_MARGIN: Duration = Duration::from_secs(15 * 60);

@@ -9,7 +9,9 @@ use reqwest::StatusCode;
 
 use super::{sign, wire, ACTION, API_VERSION};
 use crate::config::{DasConfig, InstanceConfig};
-use crate::credentials::{BoxFuture, CredentialProvider, Credentials, ExposeSecret};
+use futures_util::future::BoxFuture;
+
+use crate::credentials::{CredentialProvider, Credentials, ExposeSecret};
 use crate::snapshot::{Limits, Snapshot};
 use crate::source::{with_retries, PollContext, PollError, Source};
 

@@ -150,7 +150,7 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
         .from_redis
         .as_deref()
         .map(|url| {
-            crate::direct::parse_endpoint(url, false)
+            crate::config::parse_endpoint(url, false)
                 .map(|e| crate::direct::NodeClient::new(e, None, None))
                 .map_err(|e| format!("--from-redis: {e}"))
         })
@@ -645,7 +645,7 @@ async fn describe_instances(st: &SimState, params: &[(String, String)]) -> Respo
             (None, None) => {}
         }
     }
-    if tags.len() > discovery::MAX_TAGS {
+    if tags.len() > crate::config::MAX_TAGS {
         return bad("InvalidTags.Count", "At most 5 tags are allowed.");
     }
     if !tags.is_empty() && region.is_none() {
