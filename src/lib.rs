@@ -22,6 +22,8 @@
 //! - [`daemon`]: wires the above together; [`simulator`] and [`demo`] run it without a cloud.
 #![forbid(unsafe_code)]
 
+pub mod acs;
+pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
@@ -38,4 +40,3 @@ pub mod snapshot;
 pub mod source;
 pub mod store;
 pub mod telemetry;
-pub mod webconfig;

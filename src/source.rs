@@ -17,6 +17,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
+use crate::acs;
 use crate::config::{InstanceConfig, SourceKind};
 use crate::snapshot::{Limits, Snapshot};
 
@@ -44,6 +45,27 @@ pub enum PollError {
     /// Failures of other sources (direct Redis), with their own bounded code.
     #[error("{code}: {message}")]
     Other { code: &'static str, message: String },
+}
+
+/// A failed call to the cloud's API is a poll failure of the same kind.
+impl From<acs::Error> for PollError {
+    fn from(e: acs::Error) -> Self {
+        match e {
+            acs::Error::Api {
+                code,
+                message,
+                retry_after,
+            } => PollError::Api {
+                code,
+                message,
+                retry_after,
+            },
+            acs::Error::Timeout(d) => PollError::Timeout(d),
+            acs::Error::Connection(m) => PollError::Connection(m),
+            acs::Error::Http { status, detail } => PollError::Http { status, detail },
+            acs::Error::InvalidResponse(m) => PollError::InvalidResponse(m),
+        }
+    }
 }
 
 impl PollError {

@@ -113,10 +113,7 @@ impl EcsFetcher {
         role: Option<String>,
     ) -> Result<Self, CredentialError> {
         let http = reqwest::Client::builder()
-            .user_agent(concat!(
-                "redis-session-exporter/",
-                env!("CARGO_PKG_VERSION")
-            ))
+            .user_agent(crate::acs::USER_AGENT)
             // Never through a proxy: the service is link-local to this VM.
             .no_proxy()
             .connect_timeout(TIMEOUT)

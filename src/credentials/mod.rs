@@ -33,6 +33,7 @@ use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 
+use crate::acs::AccessKey;
 use crate::config::{check_role_session_name, normalize_endpoint, CredentialsConfig, Provider};
 
 pub use secrecy::{ExposeSecret, SecretString};
@@ -65,23 +66,27 @@ impl Credentials {
         self.expiration.is_some_and(|e| e <= now)
     }
 
-    /// Every string an error message or a log line must not contain, raw and percent-encoded
-    /// (single and double, as a gateway's `SignatureDoesNotMatch` message echoes the string to sign).
-    pub fn sensitive_strings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut push = |s: &str| {
-            if s.len() >= 4 {
-                let once = crate::das::sign::percent_encode(s);
-                let twice = crate::das::sign::percent_encode(&once);
-                out.extend([s.to_owned(), once, twice]);
-            }
-        };
-        push(self.access_key_secret.expose_secret());
-        if let Some(t) = &self.security_token {
-            push(t.expose_secret());
+    /// What a request is signed with, borrowed for one signing.
+    pub fn access_key(&self) -> AccessKey<'_> {
+        AccessKey {
+            id: &self.access_key_id,
+            secret: self.access_key_secret.expose_secret(),
+            token: self.security_token.as_ref().map(|t| t.expose_secret()),
         }
-        out
     }
+}
+
+/// The credentials to sign a request with at `now`, or why there are none: expired credentials
+/// never sign anything (the request could only fail, noisily).
+pub async fn for_signing(
+    provider: &dyn CredentialProvider,
+    now: SystemTime,
+) -> Result<Arc<Credentials>, String> {
+    let creds = provider.credentials().await.map_err(|e| e.to_string())?;
+    if creds.is_expired(now) {
+        return Err(format!("{} credentials expired", provider.name()));
+    }
+    Ok(creds)
 }
 
 impl fmt::Debug for Credentials {
@@ -157,18 +162,22 @@ pub struct Health {
     pub errors: u64,
 }
 
-/// Wakes whoever publishes [`CredentialProvider::health`] (one publisher per process).
-static HEALTH_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Wakes whoever publishes a provider's [`CredentialProvider::health`] when it changed, so the
+/// metrics follow a refresh or a failure without polling. Clones share one signal.
+#[derive(Debug, Clone, Default)]
+pub struct HealthSignal(Arc<tokio::sync::Notify>);
 
-/// Providers call this when what [`CredentialProvider::health`] returns has changed.
-pub(crate) fn health_changed() {
-    HEALTH_CHANGED.notify_one();
-}
+impl HealthSignal {
+    /// Says that what [`CredentialProvider::health`] returns has changed.
+    pub(crate) fn notify(&self) {
+        self.0.notify_one();
+    }
 
-/// Resolves after the next [`health_changed`] (or at once if one happened since the last call),
-/// so the metrics follow a refresh or a failure without polling.
-pub async fn health_change() {
-    HEALTH_CHANGED.notified().await;
+    /// Resolves after the next [`HealthSignal::notify`] (or at once if one happened since the
+    /// last call).
+    pub async fn changed(&self) {
+        self.0.notified().await;
+    }
 }
 
 /// The seam: something that can hand out the credentials to sign with right now.
@@ -184,6 +193,11 @@ pub trait CredentialProvider: Send + Sync + fmt::Debug {
             expiry: None,
             errors: 0,
         }]
+    }
+    /// What this provider raises when [`CredentialProvider::health`] changes; `None` when it
+    /// never does.
+    fn health_signal(&self) -> Option<HealthSignal> {
+        None
     }
 }
 
@@ -297,14 +311,6 @@ mod tests {
             Err(CredentialError::Expired { .. })
         ));
     }
-
-    #[test]
-    fn sensitive_strings_cover_encodings() {
-        let c = Credentials::new("id", "se/cr=t", Some("to+ken/=".into()));
-        let s = c.sensitive_strings();
-        assert!(s.contains(&"to%2Bken%2F%3D".to_owned()));
-        assert!(s.contains(&"to%252Bken%252F%253D".to_owned()));
-    }
 }
 
 /// A provider that has nothing to give: polls fail with `code="credentials"` and the reason,
@@ -313,6 +319,7 @@ mod tests {
 pub struct Unavailable {
     error: CredentialError,
     errors: AtomicU64,
+    signal: HealthSignal,
 }
 
 impl Unavailable {
@@ -320,6 +327,7 @@ impl Unavailable {
         Self {
             error,
             errors: AtomicU64::new(0),
+            signal: HealthSignal::default(),
         }
     }
 }
@@ -331,7 +339,7 @@ impl CredentialProvider for Unavailable {
 
     fn credentials(&self) -> BoxFuture<'_, Result<Arc<Credentials>, CredentialError>> {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        health_changed();
+        self.signal.notify();
         let e = self.error.clone();
         Box::pin(async move { Err(e) })
     }
@@ -342,6 +350,10 @@ impl CredentialProvider for Unavailable {
             expiry: None,
             errors: self.errors.load(Ordering::Relaxed),
         }]
+    }
+
+    fn health_signal(&self) -> Option<HealthSignal> {
+        Some(self.signal.clone())
     }
 }
 
@@ -365,6 +377,8 @@ pub struct Settings {
     pub role_session_name: String,
     /// `$HOME`, where `~/.aliyun/config.json` and `~/.alibabacloud/credentials` live.
     pub home: Option<PathBuf>,
+    /// Raised by every provider built with these settings when its health changes.
+    pub signal: HealthSignal,
 }
 
 impl Settings {
@@ -393,6 +407,7 @@ impl Settings {
                 .map_err(|r| bad("credentials.ecs_metadata_endpoint", r))?,
             role_session_name: session,
             home: non_empty(get("HOME")).map(PathBuf::from),
+            signal: HealthSignal::default(),
         })
     }
 }
@@ -432,18 +447,24 @@ impl Spec {
             )),
             Spec::EcsRamRole { role } => {
                 ecs::check_enabled(name, get)?;
-                Arc::new(refresh::Refreshing::new(ecs::EcsFetcher::new(
-                    name,
-                    &settings.ecs_metadata_endpoint,
-                    role,
-                )?))
+                Arc::new(
+                    refresh::Refreshing::new(ecs::EcsFetcher::new(
+                        name,
+                        &settings.ecs_metadata_endpoint,
+                        role,
+                    )?)
+                    .with_signal(settings.signal.clone()),
+                )
             }
-            Spec::Oidc(params) => Arc::new(refresh::Refreshing::new(oidc::OidcFetcher::new(
-                name,
-                &settings.sts_endpoint,
-                params,
-                &settings.role_session_name,
-            )?)),
+            Spec::Oidc(params) => Arc::new(
+                refresh::Refreshing::new(oidc::OidcFetcher::new(
+                    name,
+                    &settings.sts_endpoint,
+                    params,
+                    &settings.role_session_name,
+                )?)
+                .with_signal(settings.signal.clone()),
+            ),
         })
     }
 }

@@ -187,10 +187,7 @@ impl DirectSource {
             let (text, own_id) = reply?;
             fold_client_list(&mut fold, node.node_id(), &text, own_id);
         }
-        let now_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i64;
+        let now_ms = crate::clock::unix_millis(SystemTime::now());
         Ok(fold.finish(limits, None, Some(now_ms)))
     }
 }

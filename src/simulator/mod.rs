@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::Fault;
 
-use crate::das::{sign, ACTION, API_VERSION};
+use crate::acs::sign;
+use crate::das::{ACTION, API_VERSION};
 use crate::discovery::{self, InventoryInstance, Tag, Tags};
 
 /// What an authenticated request asks for.
@@ -403,10 +404,7 @@ fn parse_params(query: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    crate::clock::unix_millis(SystemTime::now()).unsigned_abs()
 }
 
 /// The answer `instance` gets now, without faults.

@@ -12,6 +12,7 @@ mod direct;
 mod faults;
 mod fleet;
 mod image;
+mod layout;
 mod polling;
 mod prometheus;
 mod reload;

@@ -1,28 +1,12 @@
-//! Finding instances in the cloud's inventory: R-KVStore `DescribeInstances`, per region, page by
-//! page, turned into [`InstanceConfig`]s for the control loop.
-//!
-//! The pure part (request parameters, decoding a page, paging, filtering, label names) is unit
-//! tested; the shell ([`start`]) runs one task per `(block, region)` that refreshes on its own
-//! clock and sends each complete list to the control loop as [`Control::Discovered`]. A refresh
-//! that fails anywhere sends nothing: the last known list stays in force, and the failure is
-//! counted in `redis_session_exporter_discovery_errors_total{region,code}`.
+//! R-KVStore `DescribeInstances`, pure: the parameters of a page, decoding an answer, paging,
+//! and turning the inventory into [`InstanceConfig`]s (filters re-checked, labels named).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::collections::{BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
+use crate::acs;
 use crate::config::{check_label_name, DiscoveryConfig, InstanceConfig, SourceKind};
-use crate::credentials::{CredentialProvider, Credentials, ExposeSecret};
-use crate::daemon::{Control, ControlSender};
-use crate::das::{client, sign};
-use crate::exposition::{BlockWriter, Fam, Format};
-use crate::source::PollError;
-use crate::store::Store;
 
 /// R-KVStore's action and API version.
 pub const ACTION: &str = "DescribeInstances";
@@ -38,7 +22,7 @@ pub const LABEL_ARCHITECTURE: &str = "architecture";
 pub const TAG_PREFIX: &str = "tag_";
 
 /// The action's own parameters for one page (the signature's common ones are added by
-/// [`signed_query`]). Tags are numbered from 1 in key order.
+/// [`acs::Client`]). Tags are numbered from 1 in key order.
 pub fn request_params(cfg: &DiscoveryConfig, region: &str, page: u32) -> Vec<(String, String)> {
     let mut p: Vec<(String, String)> = vec![
         ("Action".into(), ACTION.into()),
@@ -65,31 +49,6 @@ pub fn request_params(cfg: &DiscoveryConfig, region: &str, page: u32) -> Vec<(St
 }
 
 /// `params` plus the v1 signature's common parameters, signed for a POST.
-pub fn signed_query(
-    creds: &Credentials,
-    params: &[(String, String)],
-    now: SystemTime,
-    nonce: &str,
-) -> String {
-    let timestamp = sign::format_timestamp(now);
-    let mut all: Vec<(&str, &str)> = params
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    all.extend([
-        ("AccessKeyId", creds.access_key_id.as_str()),
-        ("SignatureMethod", "HMAC-SHA1"),
-        ("SignatureNonce", nonce),
-        ("SignatureVersion", "1.0"),
-        ("Timestamp", timestamp.as_str()),
-    ]);
-    if let Some(t) = &creds.security_token {
-        all.push(("SecurityToken", t.expose_secret()));
-    }
-    sign::signed_query("POST", &all, creds.access_key_secret.expose_secret())
-}
-
-/// One instance as the inventory lists it (the fields the exporter uses; the rest is ignored).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct InventoryInstance {
@@ -143,18 +102,12 @@ struct InstancesWire {
 
 /// Decodes a successful answer. An answer without `Instances` is an error answer (its `Code`
 /// becomes the error code) or not a DescribeInstances answer at all.
-pub fn decode_page(body: &[u8]) -> Result<Page, PollError> {
+pub fn decode_page(body: &[u8]) -> Result<Page, acs::Error> {
     let wire: PageWire = serde_json::from_slice(body)
-        .map_err(|e| PollError::InvalidResponse(format!("not a DescribeInstances answer: {e}")))?;
+        .map_err(|e| acs::Error::InvalidResponse(format!("not a DescribeInstances answer: {e}")))?;
     let Some(instances) = wire.instances else {
-        return Err(match crate::das::wire::error_code(body) {
-            Some((code, message)) => PollError::Api {
-                code,
-                message: crate::das::wire::truncate(&message, 300),
-                retry_after: None,
-            },
-            None => PollError::InvalidResponse("no Instances in the answer".into()),
-        });
+        return Err(acs::api_error(body, None)
+            .unwrap_or_else(|| acs::Error::InvalidResponse("no Instances in the answer".into())));
     };
     let total = wire.total_count.and_then(|v| match v {
         serde_json::Value::Number(n) => n.as_u64(),
@@ -263,329 +216,15 @@ pub fn to_instance(i: &InventoryInstance, region: &str) -> InstanceConfig {
     inst
 }
 
-/// Which list a [`Control::Discovered`] message replaces: the block, the region, and the
-/// generation of the discovery configuration (bumped on every reload that changes it), so a
-/// late message from a task of the previous configuration is recognised and dropped.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SourceKey {
-    pub generation: u64,
-    pub block: usize,
-    pub region: String,
-}
-
-impl fmt::Display for SourceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "discovery#{}[{}]/{}",
-            self.generation, self.block, self.region
-        )
-    }
-}
-
-impl SourceKey {
-    pub fn parse(s: &str) -> Option<Self> {
-        let rest = s.strip_prefix("discovery#")?;
-        let (generation, rest) = rest.split_once('[')?;
-        let (block, region) = rest.split_once("]/")?;
-        Some(Self {
-            generation: generation.parse().ok()?,
-            block: block.parse().ok()?,
-            region: region.to_owned(),
-        })
-    }
-}
-
-// ---- the shell ------------------------------------------------------------------------
-
-/// Outcomes of one `(block, region)`, kept across reloads while the pair stays configured.
-#[derive(Debug, Default, Clone)]
-struct PairStats {
-    /// Instances of the last successful refresh.
-    instances: Option<usize>,
-    errors: BTreeMap<String, u64>,
-    last_success: f64,
-}
-
-/// What every discovery task shares: the HTTP client, credentials, the metrics they feed.
-pub struct Shared {
-    http: reqwest::Client,
-    credentials: Arc<dyn CredentialProvider>,
-    timeout: Duration,
-    max_body_bytes: u64,
-    store: Arc<Store>,
-    stats: Mutex<BTreeMap<(usize, String), PairStats>>,
-}
-
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
-            .field("credentials", &self.credentials.name())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    /// `timeout` and `max_body_bytes` apply per request, as for DAS (`[das]`).
-    pub fn new(
-        credentials: Arc<dyn CredentialProvider>,
-        timeout: Duration,
-        max_body_bytes: u64,
-        store: Arc<Store>,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!(
-                "redis-session-exporter/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .connect_timeout(timeout)
-            .build()?;
-        Ok(Self {
-            http,
-            credentials,
-            timeout,
-            max_body_bytes,
-            store,
-            stats: Mutex::new(BTreeMap::new()),
-        })
-    }
-
-    fn stats(&self) -> std::sync::MutexGuard<'_, BTreeMap<(usize, String), PairStats>> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Forgets pairs no longer configured, so their region's series go away.
-    fn retain(&self, blocks: &[DiscoveryConfig]) {
-        self.stats().retain(|(b, r), _| {
-            blocks
-                .get(*b)
-                .is_some_and(|d| d.regions.iter().any(|x| x == r))
-        });
-        self.publish();
-    }
-
-    /// Publishes the per-region series: instances and errors summed over the blocks of a
-    /// region, the newest success.
-    fn publish(&self) {
-        let mut by_region: BTreeMap<String, PairStats> = BTreeMap::new();
-        for ((_, region), s) in self.stats().iter() {
-            let r = by_region.entry(region.clone()).or_default();
-            if let Some(n) = s.instances {
-                r.instances = Some(r.instances.unwrap_or(0) + n);
-            }
-            for (code, n) in &s.errors {
-                *r.errors.entry(code.clone()).or_insert(0) += n;
-            }
-            r.last_success = r.last_success.max(s.last_success);
-        }
-        let blocks = Format::ALL.map(|fmt| {
-            let mut w = BlockWriter::new(fmt, None);
-            for (region, s) in &by_region {
-                if let Some(n) = s.instances {
-                    w.gauge(Fam::DiscoveryInstances, &[("region", region)], n as u64);
-                }
-            }
-            for (region, s) in &by_region {
-                for (code, n) in &s.errors {
-                    w.counter(
-                        Fam::DiscoveryErrors,
-                        &[("region", region), ("code", code)],
-                        *n,
-                    );
-                }
-            }
-            for (region, s) in &by_region {
-                w.gauge(
-                    Fam::DiscoveryLastSuccess,
-                    &[("region", region)],
-                    s.last_success,
-                );
-            }
-            w.finish()
-        });
-        self.store.publish_global("discovery", blocks);
-    }
-
-    /// One request for one page, classified.
-    async fn fetch_page(
-        &self,
-        cfg: &DiscoveryConfig,
-        region: &str,
-        page: u32,
-    ) -> Result<Page, PollError> {
-        let now = SystemTime::now();
-        let creds = client::usable_credentials(self.credentials.as_ref(), now).await?;
-        let query = signed_query(
-            &creds,
-            &request_params(cfg, region, page),
-            now,
-            &uuid::Uuid::new_v4().to_string(),
-        );
-        let url = format!("{}/?{query}", cfg.endpoint_for(region));
-        let attempt = async {
-            let resp = self
-                .http
-                .post(url)
-                .send()
-                .await
-                .map_err(|e| client::transport_error(&e))?;
-            let status = resp.status();
-            let body = client::read_capped(resp, self.max_body_bytes).await?;
-            if status.is_success() {
-                return decode_page(&body);
-            }
-            Err(match crate::das::wire::error_code(&body) {
-                Some((code, message)) => PollError::Api {
-                    code,
-                    message: crate::das::wire::truncate(&message, 300),
-                    retry_after: None,
-                },
-                None => PollError::Http {
-                    status: status.as_u16(),
-                    detail: String::new(),
-                },
-            })
-        };
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(r) => r.map_err(|e| client::scrub(e, &creds)),
-            Err(_) => Err(PollError::Timeout(self.timeout)),
-        }
-    }
-
-    /// Every page of one region, with one retry per page on a transient failure.
-    pub async fn refresh(
-        &self,
-        cfg: &DiscoveryConfig,
-        region: &str,
-    ) -> Result<Vec<InstanceConfig>, PollError> {
-        let mut found = Vec::new();
-        let mut page = 1;
-        loop {
-            let p = match self.fetch_page(cfg, region, page).await {
-                Err(e) if e.is_transient() => {
-                    tokio::time::sleep(e.retry_after().unwrap_or(Duration::from_millis(500))).await;
-                    self.fetch_page(cfg, region, page).await?
-                }
-                other => other?,
-            };
-            let on_page = p.instances.len();
-            found.extend(p.instances);
-            match next_page(page, on_page, found.len(), p.total) {
-                Some(n) => page = n,
-                None => break,
-            }
-        }
-        Ok(select(cfg, region, &found))
-    }
-}
-
-/// The running discovery tasks of one configuration generation.
-#[derive(Debug)]
-pub struct Discovery {
-    cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Discovery {
-    /// Stops every task (a refresh in flight is abandoned, and sends nothing).
-    pub fn stop(self) {
-        self.cancel.cancel();
-        for t in self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// Starts one task per `(block, region)` of `blocks`. Each refreshes at once, then every
-/// `refresh`, and sends its list to the control loop under a [`SourceKey`] of `generation`.
-pub fn start(
-    blocks: &[DiscoveryConfig],
-    generation: u64,
-    shared: Arc<Shared>,
-    control: ControlSender,
-    shutdown: &CancellationToken,
-) -> Discovery {
-    shared.retain(blocks);
-    let cancel = shutdown.child_token();
-    let mut tasks = Vec::new();
-    for (block, cfg) in blocks.iter().enumerate() {
-        for region in &cfg.regions {
-            let key = SourceKey {
-                generation,
-                block,
-                region: region.clone(),
-            };
-            tasks.push(tokio::spawn(run_pair(
-                key,
-                cfg.clone(),
-                shared.clone(),
-                control.clone(),
-                cancel.clone(),
-            )));
-        }
-    }
-    Discovery { cancel, tasks }
-}
-
-async fn run_pair(
-    key: SourceKey,
-    cfg: DiscoveryConfig,
-    shared: Arc<Shared>,
-    control: ControlSender,
-    cancel: CancellationToken,
-) {
-    let pair = (key.block, key.region.clone());
-    loop {
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = shared.refresh(&cfg, &key.region) => r,
-        };
-        match outcome {
-            Ok(instances) => {
-                let n = instances.len();
-                {
-                    let mut stats = shared.stats();
-                    let s = stats.entry(pair.clone()).or_default();
-                    s.instances = Some(n);
-                    s.last_success = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64();
-                }
-                tracing::debug!(region = %key.region, block = key.block, instances = n, "discovery refreshed");
-                let msg = Control::Discovered {
-                    key: key.to_string(),
-                    instances,
-                };
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = control.send(msg) => if r.is_err() { return },
-                }
-            }
-            Err(e) => {
-                let code = e.code().into_owned();
-                tracing::warn!(region = %key.region, block = key.block, code = %code, error = %e,
-                    "discovery refresh failed; keeping the last known instances");
-                *shared
-                    .stats()
-                    .entry(pair.clone())
-                    .or_default()
-                    .errors
-                    .entry(code)
-                    .or_insert(0) += 1;
-            }
-        }
-        shared.publish();
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(cfg.refresh) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, SystemTime};
+
     use super::*;
+    use crate::acs::sign;
+    use crate::credentials::Credentials;
+    use crate::source::PollError;
 
     fn block(toml_text: &str) -> DiscoveryConfig {
         toml::from_str(toml_text).unwrap()
@@ -648,7 +287,12 @@ mod tests {
         let creds = Credentials::new("STS.testid", "testsecret", Some("tok+en".into()));
         let b = block("regions = [\"cn-hangzhou\"]");
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200);
-        let q = signed_query(&creds, &request_params(&b, "cn-hangzhou", 1), t, "n-1");
+        let q = acs::signed_query(
+            &creds.access_key(),
+            &request_params(&b, "cn-hangzhou", 1),
+            t,
+            "n-1",
+        );
         let (unsigned, sig) = q.rsplit_once("&Signature=").unwrap();
         let params: Vec<(String, String)> = unsigned
             .split('&')
@@ -685,14 +329,17 @@ mod tests {
         assert_eq!(p.instances[0].tags.as_ref().unwrap().tag[0].value, "prod");
         assert_eq!(p.instances[1].tags, None);
 
-        let e =
-            decode_page(br#"{"RequestId":"x","Code":"Forbidden.RAM","Message":"no"}"#).unwrap_err();
-        assert_eq!(e.code(), "Forbidden.RAM");
+        let code = |body: &[u8]| {
+            PollError::from(decode_page(body).unwrap_err())
+                .code()
+                .into_owned()
+        };
         assert_eq!(
-            decode_page(b"{\"Instances\":").unwrap_err().code(),
-            "invalid_response"
+            code(br#"{"RequestId":"x","Code":"Forbidden.RAM","Message":"no"}"#),
+            "Forbidden.RAM"
         );
-        assert_eq!(decode_page(b"{}").unwrap_err().code(), "invalid_response");
+        assert_eq!(code(b"{\"Instances\":"), "invalid_response");
+        assert_eq!(code(b"{}"), "invalid_response");
         let empty = decode_page(br#"{"Instances":{},"TotalCount":0}"#).unwrap();
         assert!(empty.instances.is_empty());
     }
@@ -759,18 +406,5 @@ mod tests {
             assert!(check_label_name(&name).is_ok(), "{key:?} -> {name:?}");
         }
         assert_eq!(tag_label("k8s.io/app-name"), "tag_k8s_io_app_name");
-    }
-
-    #[test]
-    fn source_keys_round_trip() {
-        let k = SourceKey {
-            generation: 7,
-            block: 2,
-            region: "cn-hangzhou".into(),
-        };
-        assert_eq!(k.to_string(), "discovery#7[2]/cn-hangzhou");
-        assert_eq!(SourceKey::parse(&k.to_string()), Some(k));
-        assert_eq!(SourceKey::parse("static"), None);
-        assert_eq!(SourceKey::parse("discovery#x[1]/a"), None);
     }
 }
