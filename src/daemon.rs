@@ -67,11 +67,10 @@ pub async fn run_with_web(
         "das.max_body_bytes",
     )
     .context("building the HTTP client")?;
-    let inventory = Arc::new(discovery::Shared::new(
-        acs.clone(),
-        credentials.clone(),
-        store.clone(),
-    ));
+    let inventory = Arc::new(discovery::Shared::new(acs.clone(), credentials.clone(), {
+        let store = store.clone();
+        Arc::new(move |regions| publish_discovery(&store, regions))
+    }));
     let source: Arc<dyn Source> = Arc::new(source::Router {
         das: Arc::new(DasClient::new(acs, &cfg.das.endpoint, credentials.clone())),
         direct: Arc::new(DirectSource::new()),
@@ -240,6 +239,36 @@ impl ReloadStatus {
         });
         store.publish_global("reload", blocks);
     }
+}
+
+/// `redis_session_exporter_discovery_*`, per region.
+fn publish_discovery(store: &Store, by_region: &BTreeMap<String, discovery::Stats>) {
+    let blocks = Format::ALL.map(|fmt| {
+        let mut w = BlockWriter::new(fmt, None);
+        for (region, s) in by_region {
+            if let Some(n) = s.instances {
+                w.gauge(Fam::DiscoveryInstances, &[("region", region)], n as u64);
+            }
+        }
+        for (region, s) in by_region {
+            for (code, n) in &s.errors {
+                w.counter(
+                    Fam::DiscoveryErrors,
+                    &[("region", region), ("code", code)],
+                    *n,
+                );
+            }
+        }
+        for (region, s) in by_region {
+            w.gauge(
+                Fam::DiscoveryLastSuccess,
+                &[("region", region)],
+                s.last_success,
+            );
+        }
+        w.finish()
+    });
+    store.publish_global("discovery", blocks);
 }
 
 /// `redis_session_exporter_shard_ordinal` and `…_total_shards`.

@@ -15,25 +15,29 @@ use super::{SourceKey, Update};
 use crate::acs;
 use crate::config::{DiscoveryConfig, InstanceConfig};
 use crate::credentials::{self, CredentialProvider};
-use crate::exposition::{BlockWriter, Fam, Format};
 use crate::source::PollError;
-use crate::store::Store;
 
-/// Outcomes of one `(block, region)`, kept across reloads while the pair stays configured.
-#[derive(Debug, Default, Clone)]
-struct PairStats {
+/// Outcomes of one `(block, region)` (kept across reloads while the pair stays configured), or
+/// of a region (summed over the blocks that list it).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Stats {
     /// Instances of the last successful refresh.
-    instances: Option<usize>,
-    errors: BTreeMap<String, u64>,
-    last_success: f64,
+    pub instances: Option<usize>,
+    /// Failed refreshes by `code`.
+    pub errors: BTreeMap<String, u64>,
+    /// Unix seconds of the last successful refresh; 0 before the first.
+    pub last_success: f64,
 }
 
-/// What every discovery task shares: the API client, credentials, the metrics they feed.
+/// Told the figures of every region each time they change (it publishes the metrics).
+pub type Report = Arc<dyn Fn(&BTreeMap<String, Stats>) + Send + Sync>;
+
+/// What every discovery task shares: the API client, credentials, the figures they feed.
 pub struct Shared {
     acs: acs::Client,
     credentials: Arc<dyn CredentialProvider>,
-    store: Arc<Store>,
-    stats: Mutex<BTreeMap<(usize, String), PairStats>>,
+    report: Report,
+    stats: Mutex<BTreeMap<(usize, String), Stats>>,
 }
 
 impl fmt::Debug for Shared {
@@ -46,21 +50,17 @@ impl fmt::Debug for Shared {
 
 impl Shared {
     /// Calls through `acs` (the client DAS uses: `[das] timeout` and `max_body_bytes` apply per
-    /// request), signing with `credentials`, and publishes the metrics into `store`.
-    pub fn new(
-        acs: acs::Client,
-        credentials: Arc<dyn CredentialProvider>,
-        store: Arc<Store>,
-    ) -> Self {
+    /// request), signing with `credentials`, and hands the per-region figures to `report`.
+    pub fn new(acs: acs::Client, credentials: Arc<dyn CredentialProvider>, report: Report) -> Self {
         Self {
             acs,
             credentials,
-            store,
+            report,
             stats: Mutex::new(BTreeMap::new()),
         }
     }
 
-    fn stats(&self) -> std::sync::MutexGuard<'_, BTreeMap<(usize, String), PairStats>> {
+    fn stats(&self) -> std::sync::MutexGuard<'_, BTreeMap<(usize, String), Stats>> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -74,10 +74,10 @@ impl Shared {
         self.publish();
     }
 
-    /// Publishes the per-region series: instances and errors summed over the blocks of a
+    /// Reports the per-region figures: instances and errors summed over the blocks of a
     /// region, the newest success.
     fn publish(&self) {
-        let mut by_region: BTreeMap<String, PairStats> = BTreeMap::new();
+        let mut by_region: BTreeMap<String, Stats> = BTreeMap::new();
         for ((_, region), s) in self.stats().iter() {
             let r = by_region.entry(region.clone()).or_default();
             if let Some(n) = s.instances {
@@ -88,32 +88,7 @@ impl Shared {
             }
             r.last_success = r.last_success.max(s.last_success);
         }
-        let blocks = Format::ALL.map(|fmt| {
-            let mut w = BlockWriter::new(fmt, None);
-            for (region, s) in &by_region {
-                if let Some(n) = s.instances {
-                    w.gauge(Fam::DiscoveryInstances, &[("region", region)], n as u64);
-                }
-            }
-            for (region, s) in &by_region {
-                for (code, n) in &s.errors {
-                    w.counter(
-                        Fam::DiscoveryErrors,
-                        &[("region", region), ("code", code)],
-                        *n,
-                    );
-                }
-            }
-            for (region, s) in &by_region {
-                w.gauge(
-                    Fam::DiscoveryLastSuccess,
-                    &[("region", region)],
-                    s.last_success,
-                );
-            }
-            w.finish()
-        });
-        self.store.publish_global("discovery", blocks);
+        (self.report)(&by_region);
     }
 
     /// One request for one page, classified.

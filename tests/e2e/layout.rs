@@ -1,12 +1,37 @@
 //! Not end to end: keeps the layout of `src/` honest (CONTRIBUTING.md, "Layout"). Reads the
-//! sources and checks that the import graph of the top-level modules has no cycle and that
-//! `config` imports nothing of the crate. Cheap and textual: every `crate::<module>` path outside
-//! comments and `#[cfg(test)]` items counts as an import.
+//! sources and checks that `config` imports nothing of the crate, that the import graph of the
+//! top-level modules has no cycle, and that every import points down [`LAYERS`]. Cheap and
+//! textual: every `crate::<module>` path outside comments and `#[cfg(test)]` items counts as an
+//! import.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// The top-level modules in the order CONTRIBUTING.md draws them: each may import only modules
+/// listed before it. A new module, or a new import that points the other way, means changing
+/// this list and CONTRIBUTING.md together, on purpose.
+const LAYERS: &[&str] = &[
+    "config",
+    "clock",
+    "acs",
+    "credentials",
+    "snapshot",
+    "source",
+    "das",
+    "direct",
+    "discovery",
+    "fleet",
+    "exposition",
+    "store",
+    "scheduler",
+    "server",
+    "daemon",
+    "telemetry",
+    "simulator",
+    "demo",
+];
 
 /// The top-level modules and the files of each (a module's folder holds all of its files).
 fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
@@ -187,6 +212,31 @@ fn the_module_graph_has_no_cycle() {
     if let Some(c) = cycle(&g) {
         panic!("import cycle: {}\ngraph: {g:#?}", c.join(" -> "));
     }
+}
+
+#[test]
+fn imports_point_down_the_layers() {
+    let g = graph(&src());
+    let found: Vec<&str> = g.keys().map(String::as_str).collect();
+    let mut listed = LAYERS.to_vec();
+    listed.sort_unstable();
+    assert_eq!(
+        found, listed,
+        "LAYERS must list every top-level module of src/"
+    );
+    let rank = |m: &str| LAYERS.iter().position(|l| *l == m).unwrap_or(usize::MAX);
+    let upward: Vec<String> = g
+        .iter()
+        .flat_map(|(m, deps)| {
+            deps.iter()
+                .filter(|d| rank(d) > rank(m))
+                .map(move |d| format!("{m} imports {d}"))
+        })
+        .collect();
+    assert!(
+        upward.is_empty(),
+        "imports that point up the layers: {upward:?}"
+    );
 }
 
 #[test]
