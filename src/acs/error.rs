@@ -1,6 +1,7 @@
 //! What a call that did not succeed is: the error body's `Code` (kept verbatim, bounded later by
 //! whoever makes it a label), else the HTTP status; or the transport's failure.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -32,6 +33,41 @@ pub enum Error {
 }
 
 impl Error {
+    /// The bounded `code` label of this failure: the API's code (sanitised), `http_<status>`,
+    /// `timeout`, `connection` or `invalid_response`.
+    pub fn code(&self) -> Cow<'_, str> {
+        match self {
+            Error::Api { code, .. } => Cow::Owned(sanitize_code(code)),
+            Error::Timeout(_) => Cow::Borrowed("timeout"),
+            Error::Connection(_) => Cow::Borrowed("connection"),
+            Error::Http { status, .. } => Cow::Owned(format!("http_{status}")),
+            Error::InvalidResponse(_) => Cow::Borrowed("invalid_response"),
+        }
+    }
+
+    /// Worth another attempt: throttling, server trouble, network trouble.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Api { code, .. } => {
+                code.starts_with("Throttling")
+                    || code.starts_with("ServiceUnavailable")
+                    || code == "InternalError"
+                    || code == "InternalServerError"
+            }
+            Error::Timeout(_) | Error::Connection(_) => true,
+            Error::Http { status, .. } => *status >= 500 || *status == 429,
+            Error::InvalidResponse(_) => false,
+        }
+    }
+
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The same error with `key`'s secrets removed from its texts.
     pub fn redact(self, key: &AccessKey<'_>) -> Self {
         match self {
@@ -51,6 +87,21 @@ impl Error {
             Error::InvalidResponse(m) => Error::InvalidResponse(key.redact(m)),
             other => other,
         }
+    }
+}
+
+/// Keeps an API code usable as a label value of bounded size: at most 64 characters of
+/// `[A-Za-z0-9._-]`. Real codes (`Throttling.User`, `InvalidTimeStamp.Expired`) pass unchanged.
+pub fn sanitize_code(code: &str) -> String {
+    let s: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    if s.is_empty() {
+        "invalid_response".to_owned()
+    } else {
+        s
     }
 }
 
