@@ -13,6 +13,9 @@
 //! - [`acs`]: Alibaba Cloud RPC: the v1 signer (pure), one client, one error classification.
 //! - [`credentials`]: where the AccessKey comes from; secrets are redacted by type. STS calls go
 //!   through `acs`.
+//! - [`attribution`]: client IPs named as Kubernetes workloads (kept by watchers) or networks; a
+//!   pure lookup.
+//! - [`sticky`]: sticky top-N, so capped breakdowns do not flap at their boundary.
 //! - [`snapshot`]: the fold from sessions to one instance's typed aggregate.
 //! - [`source`]: the seam between the scheduler and any source; the shared throttle, retries.
 //! - [`das`]: `GetRedisAllSession` over `acs`: the tolerant decoder (a byte scanner with a serde
@@ -25,7 +28,8 @@
 //! - [`store`]: the published state, swapped atomically, read by the server.
 //! - [`scheduler`]: one task per instance on a jittered grid; publishes encoded results.
 //! - [`server`]: `/metrics`, `/`, `/healthz`, `/readyz`, `POST /-/reload` (through a
-//!   [`server::ReloadHandle`]); `server::webconfig` puts TLS and basic auth in front.
+//!   [`server::ReloadHandle`]); `server::webconfig` puts TLS and basic auth in front,
+//!   `server::connections` holds the connection limits and timeouts.
 //! - [`daemon`]: wires the above together and owns the control loop; [`telemetry`] sets up
 //!   logging.
 //! - [`simulator`] and [`demo`]: the DAS simulator, and the exporter run against it.
@@ -43,6 +47,9 @@ pub(crate) mod clock;
 
 pub mod acs;
 pub mod credentials;
+
+pub mod attribution;
+pub mod sticky;
 
 pub mod snapshot;
 pub mod source;

@@ -34,12 +34,15 @@ impl fmt::Debug for AccessKey<'_> {
 }
 
 impl AccessKey<'_> {
-    /// Every string an error message or a log line must not contain: the secret and the token,
-    /// raw and percent-encoded once and twice (a gateway's `SignatureDoesNotMatch` message echoes
-    /// the whole string to sign).
+    /// Every string an error message or a log line must not contain: the secret, the token and
+    /// the AccessKey id, raw and percent-encoded once and twice (a gateway's
+    /// `SignatureDoesNotMatch` message echoes the whole string to sign).
     pub fn sensitive_strings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for s in std::iter::once(self.secret).chain(self.token) {
+        for s in [Some(self.secret), self.token, Some(self.id)]
+            .into_iter()
+            .flatten()
+        {
             if s.len() >= 4 {
                 let once = sign::percent_encode(s);
                 let twice = sign::percent_encode(&once);
@@ -49,13 +52,10 @@ impl AccessKey<'_> {
         out
     }
 
-    /// `text` with every sensitive string, and the AccessKey id, replaced by `[REDACTED]`.
+    /// `text` with every sensitive string replaced by `[REDACTED]`.
     pub fn redact(&self, text: String) -> String {
-        let mut needles = self.sensitive_strings();
-        needles.push(self.id.to_owned());
-        needles
+        self.sensitive_strings()
             .iter()
-            .filter(|n| !n.is_empty())
             .fold(text, |acc, n| acc.replace(n.as_str(), "[REDACTED]"))
     }
 }
@@ -127,13 +127,17 @@ mod tests {
     #[test]
     fn sensitive_strings_cover_encodings() {
         let k = AccessKey {
-            id: "id",
+            id: "STS.i/d",
             secret: "se/cr=t",
             token: Some("to+ken/="),
         };
         let s = k.sensitive_strings();
         assert!(s.contains(&"to%2Bken%2F%3D".to_owned()));
         assert!(s.contains(&"to%252Bken%252F%253D".to_owned()));
+        assert!(
+            s.contains(&"STS.i%252Fd".to_owned()),
+            "the key id too: {s:?}"
+        );
         assert!(s.contains(&"se/cr=t".to_owned()));
         assert!(!format!("{k:?}").contains("cr=t"));
     }

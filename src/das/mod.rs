@@ -1,6 +1,8 @@
 //! The DAS `GetRedisAllSession` source over [`crate::acs`]: the wire model (a byte scanner with
 //! a serde reference behind it) and the source that calls it.
 
+/// The answer's envelope and the session field table both decoders read.
+mod answer;
 pub mod client;
 /// The fast path of [`wire::decode`].
 mod scan;

@@ -49,6 +49,7 @@ pub fn request_params(cfg: &DiscoveryConfig, region: &str, page: u32) -> Vec<(St
 }
 
 /// `params` plus the v1 signature's common parameters, signed for a POST.
+/// One instance as the inventory lists it (the fields the exporter uses; the rest is ignored).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct InventoryInstance {

@@ -3,6 +3,7 @@
 //! wait on a poll. A reload is a request on a [`ReloadHandle`], answered by whoever owns the
 //! configuration. [`webconfig`] puts TLS and basic auth in front of every route.
 
+pub mod connections;
 pub mod webconfig;
 
 use std::fmt::Write as _;

@@ -1,7 +1,9 @@
 //! End to end against real Redis servers (Debian's `redis-server`, started here on free loopback
 //! ports): the real binary with `source = "direct"` must report exactly the clients this test
 //! opens, leave its own connection out, label sessions by node in a cluster, classify auth and
-//! permission failures, and agree with the DAS path fed by `simulate --from-redis`.
+//! permission failures, and agree with the DAS path fed by `simulate --from-redis` (a round trip
+//! through the crate's own CLIENT LIST parser; the figures derived by hand from the clients opened
+//! here, in `every_figure_matches_the_clients_opened`, are the independent oracle).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -620,8 +622,11 @@ async fn cluster_nodes_are_found_and_labelled() {
     drop(clients);
 }
 
+/// A round trip: `simulate --from-redis` turns the server's CLIENT LIST into a DAS answer with
+/// the same parser the direct source uses, so this shows the two paths agree with each other. That
+/// the figures are right is `every_figure_matches_the_clients_opened`'s job (hand-derived).
 #[tokio::test(flavor = "multi_thread")]
-async fn das_path_from_redis_reports_the_same_figures() {
+async fn from_redis_round_trip_das_path_agrees_with_direct() {
     let r = Redis::start(&[]);
     let _shapes = open_shapes(&r);
     let sim = spawn(

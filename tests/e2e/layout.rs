@@ -17,6 +17,8 @@ const LAYERS: &[&str] = &[
     "clock",
     "acs",
     "credentials",
+    "attribution",
+    "sticky",
     "snapshot",
     "source",
     "das",
@@ -140,14 +142,53 @@ fn identifier(s: &str) -> String {
         .collect()
 }
 
+/// The files of the modules a file declares as `#[cfg(test)] mod x;` (`x.rs` or `x/mod.rs`
+/// beside a `mod.rs`, under `foo/` for a `foo.rs`).
+fn test_module_files(file: &Path, text: &str) -> Vec<PathBuf> {
+    let dir = match file.file_stem().and_then(|s| s.to_str()) {
+        Some("mod") => file.parent().map(Path::to_path_buf),
+        Some(stem) => file.parent().map(|p| p.join(stem)),
+        None => None,
+    };
+    let Some(dir) = dir else { return Vec::new() };
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0] == "#[cfg(test)]")
+        .filter_map(|w| {
+            let decl = w[1]
+                .trim_start_matches("pub(crate) ")
+                .trim_start_matches("pub ");
+            decl.strip_prefix("mod ")?
+                .strip_suffix(';')
+                .map(str::to_owned)
+        })
+        .flat_map(|m| [dir.join(format!("{m}.rs")), dir.join(&m).join("mod.rs")])
+        .collect()
+}
+
 fn graph(src: &Path) -> Graph {
     let modules = modules(src);
     let mut g = Graph::new();
     for (name, files) in &modules {
+        let texts: Vec<(&PathBuf, String)> = files
+            .iter()
+            .map(|f| {
+                (
+                    f,
+                    std::fs::read_to_string(f).expect("a readable source file"),
+                )
+            })
+            .collect();
+        let test_files: BTreeSet<PathBuf> = texts
+            .iter()
+            .flat_map(|(f, t)| test_module_files(f, t))
+            .collect();
         let mut deps = BTreeSet::new();
-        for f in files {
-            let text = std::fs::read_to_string(f).expect("a readable source file");
-            deps.extend(imports(&non_test_code(&text)));
+        for (f, text) in &texts {
+            if !test_files.contains(*f) {
+                deps.extend(imports(&non_test_code(text)));
+            }
         }
         deps.retain(|d| d != name && modules.contains_key(d));
         g.insert(name.clone(), deps);
@@ -247,6 +288,16 @@ fn the_checker_sees_imports_and_cycles() {
     );
     let want: BTreeSet<String> = ["a", "b", "c", "d", "e"].map(String::from).into();
     assert_eq!(imports(&code), want);
+    let files = test_module_files(
+        Path::new("src/das/scan/mod.rs"),
+        "#[cfg(test)]\nmod tests;\n",
+    );
+    assert!(
+        files.contains(&PathBuf::from("src/das/scan/tests.rs")),
+        "{files:?}"
+    );
+    let files = test_module_files(Path::new("src/store.rs"), "mod helpers;\n");
+    assert!(files.is_empty(), "{files:?}");
     let mut g = Graph::new();
     g.insert("a".into(), ["b".to_owned()].into());
     g.insert("b".into(), ["c".to_owned()].into());

@@ -15,6 +15,8 @@ use subtle::ConstantTimeEq;
 
 use super::{key_err, WebConfigError};
 
+/// How many (user, password) verdicts are remembered; the cache is emptied when full, so a
+/// flood of wrong passwords cannot grow it.
 const VERDICT_CACHE: usize = 1024;
 
 /// `basic_auth_users`: bcrypt hashes, and the verdicts already paid for.
@@ -131,7 +133,6 @@ pub(super) async fn require_basic_auth(
     r
 }
 
-/// A handshake that takes longer than this is dropped (a stalled client must not hold a task).
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KeyError;
 use auth::{require_basic_auth, BasicAuth};
-use tls::{tls_config, TlsListener};
+use tls::tls_config;
 
 /// A problem with the web config file.
 #[derive(Debug, thiserror::Error)]
@@ -199,31 +199,24 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
 }
 
 /// Serves `router` on `listener` until `shutdown`: plain HTTP, or TLS and/or basic auth as
-/// `web` says. The daemon's one serving step; `server::app` stays socket-free for tests.
+/// `web` says, under the connection `limits`. The daemon's one serving step; `server::app`
+/// stays socket-free for tests.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     web: Option<&WebConfig>,
+    limits: crate::server::connections::Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = match web {
         Some(w) => w.protect(router),
         None => router,
     };
-    let graceful = shutdown.clone().cancelled_owned();
-    match web.and_then(|w| w.tls.clone()) {
-        None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(graceful)
-                .await
-        }
-        Some(tls) => {
-            let listener = TlsListener::start(listener, TlsAcceptor::from(tls), shutdown)?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(graceful)
-                .await
-        }
-    }
+    // The handshake runs inside the connection's own task and slot, under its
+    // header_read_timeout, so a stalled or hostile client holds neither the accept loop nor
+    // more than one slot.
+    let tls = web.and_then(|w| w.tls.clone()).map(TlsAcceptor::from);
+    crate::server::connections::serve(listener, router, tls, limits, shutdown).await
 }
 
 #[cfg(test)]

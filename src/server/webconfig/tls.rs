@@ -1,10 +1,9 @@
 //! TLS for the HTTP endpoint: the server certificate (re-read when its files change), client
-//! certificates as Go's `tls.ClientAuthType` names them, and handshakes off the accept loop.
+//! certificates as Go's `tls.ClientAuthType` names them.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -13,11 +12,6 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use super::{key_err, resolve, ClientAuth, FileTls, WebConfigError};
 
@@ -329,74 +323,6 @@ impl ClientCertVerifier for AnyClientCert {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// How many (user, password) verdicts are remembered; the cache is emptied when full, so a
-/// flood of wrong passwords cannot grow it.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Hands finished TLS handshakes to axum. Handshakes run in their own tasks, so one slow or
-/// hostile client cannot hold up the accept loop.
-pub(super) struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub(super) fn start(
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    a = listener.accept() => a,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        // Scanners and misconfigured clients: worth a debug line, not a warning.
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept loop ended (shutdown): nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
     }
 }
 
