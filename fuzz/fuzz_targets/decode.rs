@@ -4,6 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use redis_session_exporter::acs;
 use redis_session_exporter::das::{client, wire};
 use redis_session_exporter::snapshot::Limits;
 
@@ -24,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(s.idle.count(), s.sessions);
         assert!(s.by_flag.iter().all(|&f| f <= s.sessions));
     }
-    let _ = wire::error_code(data);
+    let _ = acs::error_code(data);
     for status in [200u16, 400, 503] {
         let status = reqwest::StatusCode::from_u16(status).unwrap();
         if let Err(e) = client::classify(status, None, data, &limits) {
