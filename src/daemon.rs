@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::attribution::{self, Attribution, Networks};
 use crate::acs;
+use crate::attribution::{self, Attribution, Networks};
 use crate::clock::unix_seconds;
 use crate::config::{Config, InstanceConfig, Sharding};
 use crate::credentials::{CredentialProvider, Health};

@@ -13,9 +13,9 @@
 //! - [`acs`]: Alibaba Cloud RPC: the v1 signer (pure), one client, one error classification.
 //! - [`credentials`]: where the AccessKey comes from; secrets are redacted by type. STS calls go
 //!   through `acs`.
+//! - [`sticky`]: sticky top-N, so capped breakdowns do not flap at their boundary.
 //! - [`attribution`]: client IPs named as Kubernetes workloads (kept by watchers) or networks; a
 //!   pure lookup.
-//! - [`sticky`]: sticky top-N, so capped breakdowns do not flap at their boundary.
 //! - [`snapshot`]: the fold from sessions to one instance's typed aggregate.
 //! - [`source`]: the seam between the scheduler and any source; the shared throttle, retries.
 //! - [`das`]: `GetRedisAllSession` over `acs`: the tolerant decoder (a byte scanner with a serde

@@ -111,7 +111,6 @@ impl ClientTally {
     }
 }
 
-
 /// The caps the fold applies, configured in `[limits]`.
 pub use crate::config::Limits;
 
