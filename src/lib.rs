@@ -20,12 +20,14 @@
 //! - [`exposition`]: classic text and OpenMetrics, encoded once per poll.
 //! - [`store`]: the published state, swapped atomically, read by the server.
 //! - [`server`]: `/metrics`, `/`, `/healthz`, `/readyz`.
+//! - [`connections`]: how many HTTP connections are held, which one makes room, every timeout.
 //! - [`webconfig`]: `--web.config.file`: TLS and basic auth in front of every route.
 //! - [`daemon`]: wires the above together; [`simulator`] and [`demo`] run it without a cloud.
 #![forbid(unsafe_code)]
 
 pub mod attribution;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod daemon;
 pub mod das;

@@ -12,6 +12,7 @@ mod direct;
 mod docs;
 mod faults;
 mod fleet;
+mod front_door;
 mod image;
 mod polling;
 mod prometheus;
