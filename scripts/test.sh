@@ -81,15 +81,24 @@ echo "== cargo test" >&2
 cargo test --locked --all-targets
 # Fuzzing: libFuzzer needs nightly-only rustc flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain
 # accept them. Each target runs for FUZZ_SECONDS (default 20; 0 only builds the targets), from
-# the committed seeds; a crash fails the run and leaves its input in fuzz/artifacts/.
+# the committed seeds and the committed, minimized corpus (fuzz/corpus/<target>, read-only here:
+# new finds go to a scratch directory), with the API's dictionary for the decoders; a crash fails
+# the run and leaves its input in fuzz/artifacts/. CONTRIBUTING.md says how to run longer and
+# grow the committed corpus.
 echo "== cargo fuzz" >&2
 fuzz_seconds="${FUZZ_SECONDS:-20}"
-for target in decode parse_flags; do
+for target in decode decode_structured parse_flags; do
   if [ "$fuzz_seconds" -gt 0 ]; then
-    corpus="$(mktemp -d)"
-    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" "$corpus" "seeds/$target" -- \
-      -max_total_time="$fuzz_seconds" -rss_limit_mb=1024 -print_final_stats=1 2>&1 | tail -n 40)
-    rm -rf "$corpus"
+    scratch="$(mktemp -d)"
+    inputs=()
+    for dir in "seeds/$target" "corpus/$target"; do
+      [ -d "fuzz/$dir" ] && inputs+=("$dir")
+    done
+    options=(-max_total_time="$fuzz_seconds" -rss_limit_mb=1024 -print_final_stats=1)
+    [ "$target" = decode ] && options+=(-dict=decode.dict)
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" "$scratch" "${inputs[@]}" -- \
+      "${options[@]}" 2>&1 | tail -n 40)
+    rm -rf "$scratch"
   else
     (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none "$target")
   fi

@@ -250,7 +250,8 @@ impl Default for Fold {
 
 fn bump(map: &mut FoldMap, key: &str, by: u64) {
     if let Some(v) = map.get_mut(key) {
-        *v += by;
+        // Counts come from the wire (`SourceStats`): saturate, never wrap or panic.
+        *v = v.saturating_add(by);
     } else {
         map.insert(key.into(), by);
     }

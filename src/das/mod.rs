@@ -4,6 +4,8 @@
 /// The answer's envelope and the session field table both decoders read.
 mod answer;
 pub mod client;
+/// Realistic generated answers for the benchmarks, the fuzz seeds and the fast-path tests.
+pub mod corpus;
 /// The fast path of [`wire::decode`].
 mod scan;
 pub mod wire;

@@ -579,6 +579,18 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn huge_source_counts_saturate() {
+        // Three sources at i64::MAX under one key sum past u64::MAX: the fold saturates
+        // (seen while writing the fuzz target's by_source check, which sums the same way).
+        let big = i64::MAX;
+        let body = format!(
+            r#"{{"Data":{{"SourceStats":[{{"Key":"a","Count":{big}}},{{"Key":"a","Count":"{big}"}},{{"Key":"a","Count":{big}}}]}}}}"#
+        );
+        let s = ok(&body);
+        assert_eq!(s.by_source, vec![("a".into(), u64::MAX)]);
+    }
+
+    #[test]
     fn not_an_answer_is_invalid_never_a_panic() {
         for body in [
             "",

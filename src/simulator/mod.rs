@@ -90,6 +90,11 @@ pub struct SimConfig {
     /// What R-KVStore `DescribeInstances` lists (served on the same endpoint; replaceable at
     /// run time with `PUT /_sim/inventory`).
     pub inventory: Vec<InventoryInstance>,
+    /// A file whose bytes every healthy GetRedisAllSession answer is, verbatim, whatever the
+    /// instance (the end-to-end CPU benchmark serves a corpus answer this way); faults still
+    /// answer as set. Read once, at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_file: Option<std::path::PathBuf>,
 }
 
 /// Key pair the simulator accepts when none is configured (obviously fake).
@@ -113,6 +118,7 @@ impl Default for SimConfig {
             instances: BTreeMap::new(),
             from_redis: None,
             inventory: Vec::new(),
+            body_file: None,
         }
     }
 }
@@ -149,6 +155,8 @@ struct SimState {
     faults_changed: tokio::sync::Notify,
     /// The real server behind `from_redis`.
     redis: Option<crate::direct::NodeClient>,
+    /// The contents of `body_file`.
+    body: Option<Bytes>,
     inventory: Mutex<Vec<InventoryInstance>>,
 }
 
@@ -167,6 +175,15 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
                 .map_err(|e| format!("--from-redis: {e}"))
         })
         .transpose()?;
+    let body = cfg
+        .body_file
+        .as_ref()
+        .map(|p| {
+            std::fs::read(p)
+                .map(Bytes::from)
+                .map_err(|e| format!("body_file {}: {e}", p.display()))
+        })
+        .transpose()?;
     let faults = cfg
         .instances
         .iter()
@@ -180,6 +197,7 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
         faults: Mutex::new(faults),
         faults_changed: tokio::sync::Notify::new(),
         redis,
+        body,
     });
     Ok(Router::new()
         .route("/", any(api))
@@ -562,6 +580,9 @@ async fn api(
             fault = resolve();
         }
     }
+    if let (None, Some(body)) = (&fault, &st.body) {
+        return json_ok(body.clone());
+    }
     let cfg = lock(&st.cfg).clone();
     let sessions = match sessions_now(&st, &cfg, &instance).await {
         Ok(s) => s,
@@ -578,11 +599,11 @@ async fn api(
     }
 }
 
-fn json_ok(body: Vec<u8>) -> Response {
+fn json_ok(body: impl Into<Body>) -> Response {
     (
         StatusCode::OK,
         [("content-type", "application/json;charset=utf-8")],
-        Body::from(body),
+        body.into(),
     )
         .into_response()
 }
