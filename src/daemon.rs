@@ -1,9 +1,10 @@
 //! Wires config, credentials, source, scheduler, store and server into the running exporter, and
 //! owns the one place where the instance set changes: the control loop.
 //!
-//! Everything that changes what is polled (a reload, a discovery refresh) is a [`Control`]
-//! message to that loop, which recomputes the effective set ([`crate::fleet::effective`]) and
-//! hands it to [`Scheduler::apply`]. One owner, no locks around the scheduler.
+//! Everything that changes what is polled reaches that loop as a typed message: a
+//! [`ReloadRequest`] from the server or SIGHUP, a [`discovery::Update`] from a discovery task. The
+//! loop recomputes the effective set ([`crate::fleet::effective`]) and hands it to
+//! [`Scheduler::apply`]. One owner, no locks around the scheduler.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,40 +12,25 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, InstanceConfig};
-use crate::credentials::CredentialProvider;
+use crate::acs;
+use crate::clock::unix_seconds;
+use crate::config::{Config, InstanceConfig, Sharding};
+use crate::credentials::{CredentialProvider, Health};
 use crate::das::DasClient;
+use crate::direct::DirectSource;
 use crate::discovery::{self, SourceKey};
 use crate::exposition::{BlockWriter, Fam, Format};
-use crate::fleet::{self, Sharding};
+use crate::fleet;
 use crate::scheduler::Scheduler;
-use crate::server::{app, AppState};
-use crate::source::Source;
+use crate::server::{self, app, AppState, ReloadHandle, ReloadRequest, WebConfig};
+use crate::source::{self, Source};
 use crate::store::Store;
-use crate::webconfig::{self, WebConfig};
 
 /// Re-reads the configuration (file, environment, flags) for a reload.
 pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
-
-/// Messages to the control loop.
-#[derive(Debug)]
-pub enum Control {
-    /// Re-read the configuration; the reply says whether it was applied.
-    Reload {
-        reply: Option<oneshot::Sender<Result<(), String>>>,
-    },
-    /// A discovery source's current list (replaces that source's previous list).
-    Discovered {
-        key: String,
-        instances: Vec<InstanceConfig>,
-    },
-}
-
-/// Handle to the control loop.
-pub type ControlSender = mpsc::Sender<Control>;
 
 /// Runs the exporter until `shutdown` is cancelled. `on_bound` learns the listening address
 /// (useful with port 0).
@@ -67,51 +53,51 @@ pub async fn run_with_web(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let listener = crate::connections::bind(cfg.server.listen)
+    let listener = crate::server::connections::bind(cfg.server.listen)
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
     let addr = listener.local_addr()?;
 
     let store = Arc::new(Store::new());
-    let inventory = Arc::new(
-        discovery::Shared::new(
-            credentials.clone(),
-            cfg.das.timeout,
-            cfg.das.max_body_bytes,
-            store.clone(),
-        )
-        .context("building the HTTP client")?,
-    );
-    let source: Arc<dyn Source> = Arc::new(crate::source::Router {
-        das: Arc::new(
-            DasClient::new(&cfg.das, credentials.clone()).context("building the HTTP client")?,
-        ),
-        direct: Arc::new(crate::direct::DirectSource::new()),
+    // One client for every call to the cloud (DAS and discovery): `[das]` timeout and body cap.
+    let acs = acs::Client::new(
+        cfg.das.timeout,
+        cfg.das.max_body_bytes,
+        "das.max_body_bytes",
+    )
+    .context("building the HTTP client")?;
+    let inventory = Arc::new(discovery::Shared::new(acs.clone(), credentials.clone(), {
+        let store = store.clone();
+        Arc::new(move |regions| publish_discovery(&store, regions))
+    }));
+    let source: Arc<dyn Source> = Arc::new(source::Router {
+        das: Arc::new(DasClient::new(acs, &cfg.das.endpoint, credentials.clone())),
+        direct: Arc::new(DirectSource::new()),
     });
     tokio::spawn(publish_credential_health(
         credentials.clone(),
         store.clone(),
         shutdown.clone(),
     ));
-    let (tx, rx) = mpsc::channel(16);
+    let (reload, reloads) = ReloadHandle::channel();
     let control = tokio::spawn(control_loop(
         cfg.clone(),
         source,
         store.clone(),
         reloader,
-        (tx.clone(), rx),
+        reloads,
         inventory,
         shutdown.clone(),
     ));
     #[cfg(unix)]
-    reload_on_sighup(tx.clone(), shutdown.clone());
+    reload_on_sighup(reload.clone(), shutdown.clone());
 
     on_bound(addr);
     let (tls, basic_auth) = web
         .as_ref()
         .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
-    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total_shards, interval = ?cfg.poll.interval, "serving /metrics");
-    let router = app(AppState::new(store).with_control(tx));
-    webconfig::serve(
+    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total, interval = ?cfg.poll.interval, "serving /metrics");
+    let router = app(AppState::new(store).with_reload(reload));
+    server::serve(
         listener,
         router,
         web.as_ref(),
@@ -132,28 +118,31 @@ async fn control_loop(
     source: Arc<dyn Source>,
     store: Arc<Store>,
     reloader: Option<Reloader>,
-    (tx, mut rx): (ControlSender, mpsc::Receiver<Control>),
+    mut reloads: mpsc::Receiver<ReloadRequest>,
     inventory: Arc<discovery::Shared>,
     shutdown: CancellationToken,
 ) {
-    let mut discovered: BTreeMap<String, Vec<InstanceConfig>> = BTreeMap::new();
+    let (updates_tx, mut updates) = mpsc::channel(16);
+    let mut discovered: BTreeMap<SourceKey, Vec<InstanceConfig>> = BTreeMap::new();
     // Bumped whenever a reload changes `[[discovery]]`; lists from older tasks are ignored.
     let mut generation = 0u64;
-    let mut discovery = discovery::start(
-        &cfg.discovery,
-        generation,
-        inventory.clone(),
-        tx.clone(),
-        &shutdown,
-    );
+    let start_discovery = |cfg: &Config, generation| {
+        discovery::start(
+            &cfg.discovery,
+            generation,
+            inventory.clone(),
+            updates_tx.clone(),
+            &shutdown,
+        )
+    };
+    let mut discovery = start_discovery(&cfg, generation);
     let mut scheduler = Scheduler::new(source, store.clone(), &cfg, shutdown.clone());
     let apply = |scheduler: &mut Scheduler,
                  cfg: &Config,
-                 discovered: &BTreeMap<String, Vec<InstanceConfig>>| {
-        let sharding = cfg.sharding.sharding();
-        publish_sharding(&store, sharding);
+                 discovered: &BTreeMap<SourceKey, Vec<InstanceConfig>>| {
+        publish_sharding(&store, cfg.sharding);
         let mut effective = cfg.clone();
-        effective.instances = fleet::effective(&cfg.instances, discovered, sharding);
+        effective.instances = fleet::effective(&cfg.instances, discovered, cfg.sharding);
         scheduler.apply(&effective);
         if scheduler.is_empty() {
             tracing::warn!("no instances to poll");
@@ -161,15 +150,13 @@ async fn control_loop(
     };
     apply(&mut scheduler, &cfg, &discovered);
     store.mark_initialized();
-    publish_reload_status(&store, true);
+    let mut reload_status = ReloadStatus::default();
+    reload_status.publish(&store, true);
 
     loop {
-        let msg = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-        };
-        match msg {
-            Control::Reload { reply } => {
+            Some(ReloadRequest { reply }) = reloads.recv() => {
                 let outcome = match &reloader {
                     None => {
                         Err("this process was not started from a configuration file".to_owned())
@@ -181,25 +168,14 @@ async fn control_loop(
                             // Restart every discovery task; keep the lists of unchanged blocks
                             // (re-keyed to the new generation) until their first refresh.
                             generation += 1;
-                            std::mem::replace(
-                                &mut discovery,
-                                discovery::start(
-                                    &cfg.discovery,
-                                    generation,
-                                    inventory.clone(),
-                                    tx.clone(),
-                                    &shutdown,
-                                ),
-                            )
-                            .stop();
+                            std::mem::replace(&mut discovery, start_discovery(&cfg, generation))
+                                .stop();
                             discovered = std::mem::take(&mut discovered)
                                 .into_iter()
-                                .filter_map(|(k, v)| match SourceKey::parse(&k) {
-                                    Some(key) => (old.discovery.get(key.block)
-                                        == cfg.discovery.get(key.block))
-                                    .then(|| (SourceKey { generation, ..key }.to_string(), v)),
-                                    None => Some((k, v)),
+                                .filter(|(key, _)| {
+                                    old.discovery.get(key.block) == cfg.discovery.get(key.block)
                                 })
+                                .map(|(key, v)| (SourceKey { generation, ..key }, v))
                                 .collect();
                         }
                         apply(&mut scheduler, &cfg, &discovered);
@@ -214,19 +190,20 @@ async fn control_loop(
                         tracing::error!(error = %reason, "reload rejected; the previous configuration stays in force")
                     }
                 }
-                publish_reload_status(&store, outcome.is_ok());
+                reload_status.publish(&store, outcome.is_ok());
                 if let Some(r) = reply {
                     let _ = r.send(outcome);
                 }
             }
-            Control::Discovered { key, instances } => {
-                if SourceKey::parse(&key).is_some_and(|k| k.generation != generation) {
+            Some(discovery::Update { key, instances }) = updates.recv() => {
+                if key.generation != generation {
                     tracing::debug!(%key, "dropping a list from a discovery task that was replaced");
                     continue;
                 }
                 discovered.insert(key, instances);
                 apply(&mut scheduler, &cfg, &discovered);
             }
+            else => break,
         }
     }
     discovery.stop();
@@ -241,29 +218,61 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     if old.das != new.das {
         tracing::warn!("[das] changed; it takes effect after a restart");
     }
-    if format!("{:?}", old.credentials) != format!("{:?}", new.credentials) {
+    if old.credentials != new.credentials {
         tracing::warn!("[credentials] changed; it takes effect after a restart");
     }
 }
 
-/// Remembered across reloads: when the configuration was last (re)loaded successfully.
-static LAST_RELOAD_OK: std::sync::Mutex<f64> = std::sync::Mutex::new(0.0);
+/// `redis_session_exporter_config_last_reload_successful` and the time of the last success,
+/// remembered across reloads by the control loop that owns it.
+#[derive(Debug, Default)]
+struct ReloadStatus {
+    last_success_unix: f64,
+}
 
-fn publish_reload_status(store: &Store, ok: bool) {
-    let mut last = LAST_RELOAD_OK.lock().unwrap_or_else(|p| p.into_inner());
-    if ok {
-        *last = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+impl ReloadStatus {
+    fn publish(&mut self, store: &Store, ok: bool) {
+        if ok {
+            self.last_success_unix = unix_seconds(SystemTime::now());
+        }
+        let blocks = Format::ALL.map(|fmt| {
+            let mut w = BlockWriter::new(fmt, None);
+            w.gauge(Fam::ConfigReloadSuccessful, &[], u64::from(ok));
+            w.gauge(Fam::ConfigReloadTimestamp, &[], self.last_success_unix);
+            w.finish()
+        });
+        store.publish_global("reload", blocks);
     }
+}
+
+/// `redis_session_exporter_discovery_*`, per region.
+fn publish_discovery(store: &Store, by_region: &BTreeMap<String, discovery::Stats>) {
     let blocks = Format::ALL.map(|fmt| {
         let mut w = BlockWriter::new(fmt, None);
-        w.gauge(Fam::ConfigReloadSuccessful, &[], u64::from(ok));
-        w.gauge(Fam::ConfigReloadTimestamp, &[], *last);
+        for (region, s) in by_region {
+            if let Some(n) = s.instances {
+                w.gauge(Fam::DiscoveryInstances, &[("region", region)], n as u64);
+            }
+        }
+        for (region, s) in by_region {
+            for (code, n) in &s.errors {
+                w.counter(
+                    Fam::DiscoveryErrors,
+                    &[("region", region), ("code", code)],
+                    *n,
+                );
+            }
+        }
+        for (region, s) in by_region {
+            w.gauge(
+                Fam::DiscoveryLastSuccess,
+                &[("region", region)],
+                s.last_success,
+            );
+        }
         w.finish()
     });
-    store.publish_global("reload", blocks);
+    store.publish_global("discovery", blocks);
 }
 
 /// `redis_session_exporter_shard_ordinal` and `…_total_shards`.
@@ -284,6 +293,7 @@ async fn publish_credential_health(
     store: Arc<Store>,
     shutdown: CancellationToken,
 ) {
+    let signal = credentials.health_signal();
     let mut last = None;
     loop {
         let rows = credentials.health();
@@ -291,25 +301,28 @@ async fn publish_credential_health(
             publish_credential_rows(&store, &rows);
             last = Some(rows);
         }
+        let changed = async {
+            match &signal {
+                Some(s) => s.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = crate::credentials::health_change() => {}
+            _ = changed => {}
             // A backstop only: every change is signalled.
             _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
         }
     }
 }
 
-fn publish_credential_rows(store: &Store, rows: &[crate::credentials::Health]) {
+fn publish_credential_rows(store: &Store, rows: &[Health]) {
     {
         let blocks = Format::ALL.map(|fmt| {
             let mut w = BlockWriter::new(fmt, None);
             for r in rows {
                 if let Some(t) = r.expiry {
-                    let unix = t
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64();
+                    let unix = unix_seconds(t);
                     w.gauge(Fam::CredentialsExpiry, &[("provider", r.provider)], unix);
                 }
             }
@@ -326,7 +339,7 @@ fn publish_credential_rows(store: &Store, rows: &[crate::credentials::Health]) {
 /// is to terminate, so a reload sent right after start must not find it missing) and forwards
 /// each signal to the control loop.
 #[cfg(unix)]
-fn reload_on_sighup(tx: ControlSender, shutdown: CancellationToken) {
+fn reload_on_sighup(reload: ReloadHandle, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload with POST /-/reload");
@@ -339,7 +352,7 @@ fn reload_on_sighup(tx: ControlSender, shutdown: CancellationToken) {
                 s = hup.recv() => if s.is_none() { return },
             }
             tracing::info!("SIGHUP: reloading the configuration");
-            if tx.send(Control::Reload { reply: None }).await.is_err() {
+            if !reload.request().await {
                 return;
             }
         }

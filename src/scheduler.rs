@@ -206,30 +206,12 @@ impl Scheduler {
     }
 }
 
-/// A stable offset in `[0, interval)` from the instance id (FNV-1a, so it is the same in every
-/// process and version).
+/// A stable offset in `[0, interval)` from the instance id (FNV-1a of what `str::hash` writes,
+/// so it is the same in every process and version).
 pub fn phase(id: &str, interval: Duration) -> Duration {
-    let mut h = Fnv1a::default();
+    let mut h = fnv::FnvHasher::default();
     id.hash(&mut h);
     interval.mul_f64((h.finish() % 10_000) as f64 / 10_000.0)
-}
-
-#[derive(Default)]
-struct Fnv1a(u64);
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        if self.0 == 0 {
-            self.0 = 0xcbf2_9ce4_8422_2325;
-        }
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 /// The first grid point strictly after `after`, and how many grid points were passed over
@@ -270,10 +252,7 @@ fn plan_after_poll(
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
+    crate::clock::unix_seconds(SystemTime::now())
 }
 
 /// What an instance task shares with the scheduler.

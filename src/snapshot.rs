@@ -5,7 +5,6 @@
 //! [`Snapshot`]. Every figure exported for an instance comes from one `Snapshot`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// Upper bounds (`le`) of `redis_session_idle_seconds`; `+Inf` is implicit.
 pub const IDLE_BOUNDS: &[u64] = &[1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400];
@@ -79,55 +78,17 @@ pub fn parse_flag_bytes(flags: &[u8]) -> u32 {
     })
 }
 
-/// The Fx hash (rustc's): the fold's keys are short, trusted-enough strings from one answer
-/// whose map is dropped after the poll, so SipHash's flood resistance buys nothing here and
-/// costs a visible share of the fold (see BENCHMARKS.md).
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0xf135_7aea_2e62_a9c5;
-        let mut h = self.0;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            h = (h.rotate_left(26) ^ w).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            h = (h.rotate_left(26) ^ u64::from(b)).wrapping_mul(K);
-        }
-        self.0 = h;
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.0 = (self.0.rotate_left(26) ^ u64::from(i)).wrapping_mul(0xf135_7aea_2e62_a9c5);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// The Fx hash (rustc's, from `rustc-hash`): the fold's keys are short, trusted-enough strings
+/// from one answer whose map is dropped after the poll, so SipHash's flood resistance buys
+/// nothing here and costs a visible share of the fold (see BENCHMARKS.md). The scanner's label
+/// tally hashes with it too.
+pub use rustc_hash::FxHasher;
 
 /// The maps of the fold.
-pub type FoldMap = HashMap<Box<str>, u64, BuildHasherDefault<FxHasher>>;
+pub type FoldMap = HashMap<Box<str>, u64, rustc_hash::FxBuildHasher>;
 
-/// Cardinality caps, from `[limits]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub max_sources: usize,
-    pub max_commands: usize,
-    pub max_client_names: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_sources: 50,
-            max_commands: 100,
-            max_client_names: 50,
-        }
-    }
-}
+/// The caps the fold applies, configured in `[limits]`.
+pub use crate::config::Limits;
 
 /// A gauge histogram over non-negative integers: per-bucket counts (not cumulative), count and sum.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,33 +14,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
-use crate::config::InstanceConfig;
-use crate::credentials::BoxFuture;
+use crate::acs;
+use crate::config::{InstanceConfig, SourceKind};
 use crate::snapshot::{Limits, Snapshot};
 
 /// Why a poll failed. Each variant maps to one bounded `code` label.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PollError {
-    /// The API answered with an error `Code`; kept verbatim (sanitised) as the label.
-    #[error("API error {code}: {message}")]
-    Api {
-        code: String,
-        message: String,
-        /// From `x-acs-retry-after`, when the gateway sent one.
-        retry_after: Option<Duration>,
-    },
+    /// A call to the cloud's API failed; [`acs::Error`] classifies it and names its code.
+    #[error(transparent)]
+    Call(#[from] acs::Error),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("connection failed: {0}")]
     Connection(String),
-    #[error("HTTP {status}: {detail}")]
-    Http { status: u16, detail: String },
-    #[error("invalid response: {0}")]
-    InvalidResponse(String),
     #[error("no usable credentials: {0}")]
     Credentials(String),
     /// Failures of other sources (direct Redis), with their own bounded code.
@@ -52,11 +44,9 @@ impl PollError {
     /// The `code` label of `redis_session_exporter_poll_errors_total`.
     pub fn code(&self) -> Cow<'_, str> {
         match self {
-            PollError::Api { code, .. } => Cow::Owned(sanitize_code(code)),
+            PollError::Call(e) => e.code(),
             PollError::Timeout(_) => Cow::Borrowed("timeout"),
             PollError::Connection(_) => Cow::Borrowed("connection"),
-            PollError::Http { status, .. } => Cow::Owned(format!("http_{status}")),
-            PollError::InvalidResponse(_) => Cow::Borrowed("invalid_response"),
             PollError::Credentials(_) => Cow::Borrowed("credentials"),
             PollError::Other { code, .. } => Cow::Borrowed(code),
         }
@@ -65,41 +55,18 @@ impl PollError {
     /// Worth another attempt within the same poll: throttling, server trouble, network trouble.
     pub fn is_transient(&self) -> bool {
         match self {
-            PollError::Api { code, .. } => {
-                code.starts_with("Throttling")
-                    || code.starts_with("ServiceUnavailable")
-                    || code == "InternalError"
-                    || code == "InternalServerError"
-            }
+            PollError::Call(e) => e.is_transient(),
             PollError::Timeout(_) | PollError::Connection(_) => true,
-            PollError::Http { status, .. } => *status >= 500 || *status == 429,
-            PollError::InvalidResponse(_) | PollError::Credentials(_) | PollError::Other { .. } => {
-                false
-            }
+            PollError::Credentials(_) | PollError::Other { .. } => false,
         }
     }
 
     /// How long the server asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            PollError::Api { retry_after, .. } => *retry_after,
+            PollError::Call(e) => e.retry_after(),
             _ => None,
         }
-    }
-}
-
-/// Keeps an API code usable as a label value of bounded size: at most 64 characters of
-/// `[A-Za-z0-9._-]`. Real codes (`Throttling.User`, `InvalidTimeStamp.Expired`) pass unchanged.
-pub fn sanitize_code(code: &str) -> String {
-    let s: String = code
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        .take(64)
-        .collect();
-    if s.is_empty() {
-        "invalid_response".to_owned()
-    } else {
-        s
     }
 }
 
@@ -315,8 +282,8 @@ impl Source for Router {
         ctx: &'a PollContext,
     ) -> BoxFuture<'a, Result<Snapshot, PollError>> {
         match instance.source {
-            crate::config::SourceKind::Das => self.das.poll(instance, ctx),
-            crate::config::SourceKind::Direct => self.direct.poll(instance, ctx),
+            SourceKind::Das => self.das.poll(instance, ctx),
+            SourceKind::Direct => self.direct.poll(instance, ctx),
         }
     }
 }
@@ -325,34 +292,36 @@ impl Source for Router {
 mod tests {
     use super::*;
 
-    #[test]
-    fn codes_are_bounded_labels() {
-        let api = |c: &str| PollError::Api {
-            code: c.into(),
+    fn api_error(code: &str) -> PollError {
+        acs::Error::Api {
+            code: code.into(),
             message: String::new(),
             retry_after: None,
-        };
+        }
+        .into()
+    }
+
+    fn http_error(status: u16) -> PollError {
+        acs::Error::Http {
+            status,
+            detail: String::new(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn codes_are_bounded_labels() {
+        let api = |c: &str| api_error(c);
         assert_eq!(api("Throttling.User").code(), "Throttling.User");
         assert_eq!(api("Bad\"code\n{}").code(), "Badcode");
         assert_eq!(api("\"\"").code(), "invalid_response");
         assert_eq!(api(&"x".repeat(500)).code().len(), 64);
-        assert_eq!(
-            PollError::Http {
-                status: 502,
-                detail: String::new()
-            }
-            .code(),
-            "http_502"
-        );
+        assert_eq!(http_error(502).code(), "http_502");
     }
 
     #[test]
     fn transient_classification() {
-        let api = |c: &str| PollError::Api {
-            code: c.into(),
-            message: String::new(),
-            retry_after: None,
-        };
+        let api = |c: &str| api_error(c);
         for c in [
             "Throttling",
             "Throttling.User",
@@ -373,17 +342,9 @@ mod tests {
             assert!(!api(c).is_transient(), "{c}");
         }
         assert!(PollError::Timeout(Duration::from_secs(1)).is_transient());
-        assert!(PollError::Http {
-            status: 503,
-            detail: String::new()
-        }
-        .is_transient());
-        assert!(!PollError::Http {
-            status: 404,
-            detail: String::new()
-        }
-        .is_transient());
-        assert!(!PollError::InvalidResponse(String::new()).is_transient());
+        assert!(http_error(503).is_transient());
+        assert!(!http_error(404).is_transient());
+        assert!(!PollError::from(acs::Error::InvalidResponse(String::new())).is_transient());
     }
 
     #[tokio::test]
@@ -431,11 +392,7 @@ mod tests {
             let n = calls;
             async move {
                 if n < 3 {
-                    Err(PollError::Api {
-                        code: "Throttling.User".into(),
-                        message: String::new(),
-                        retry_after: None,
-                    })
+                    Err(api_error("Throttling.User"))
                 } else {
                     Ok(n)
                 }
@@ -450,13 +407,7 @@ mod tests {
         let mut calls = 0;
         let r: Result<(), _> = with_retries(&ctx(Duration::from_secs(30)), |_| {
             calls += 1;
-            async {
-                Err(PollError::Api {
-                    code: "NoPermission".into(),
-                    message: String::new(),
-                    retry_after: None,
-                })
-            }
+            async { Err(api_error("NoPermission")) }
         })
         .await;
         assert_eq!(r.unwrap_err().code(), "NoPermission");

@@ -5,6 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use redis_session_exporter::acs;
 use redis_session_exporter::das::{client, wire};
 use redis_session_exporter::snapshot::{Limits, Snapshot};
 use serde_json::Value;
@@ -157,7 +158,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(s) = &decoded {
         check(data, s);
     }
-    let _ = wire::error_code(data);
+    let _ = acs::error_code(data);
     for status in [200u16, 400, 503] {
         let status = reqwest::StatusCode::from_u16(status).unwrap();
         if let Err(e) = client::classify(status, None, data, &limits) {

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use super::{BoxFuture, CredentialError, CredentialProvider, Credentials, Health};
+use futures_util::future::BoxFuture;
+
+use super::{CredentialError, CredentialProvider, Credentials, Health, HealthSignal};
 
 /// How long before `Expiration` credentials count as stale: what the official SDKs use.
 pub const STALE_MARGIN: Duration = Duration::from_secs(15 * 60);
@@ -93,6 +95,7 @@ struct Inner<F> {
     generation: AtomicU64,
     errors: AtomicU64,
     task_started: AtomicBool,
+    signal: HealthSignal,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,8 +123,17 @@ impl<F: Fetch> Refreshing<F> {
                 generation: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 task_started: AtomicBool::new(false),
+                signal: HealthSignal::default(),
             }),
         }
+    }
+
+    /// Raises `signal` (shared with other providers) instead of a signal of its own.
+    pub fn with_signal(mut self, signal: HealthSignal) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.signal = signal;
+        }
+        self
     }
 
     /// Starts the refresh task once, from inside the runtime; it ends with the provider.
@@ -195,7 +207,7 @@ impl<F: Fetch> Inner<F> {
             }
         };
         self.generation.fetch_add(1, Ordering::SeqCst);
-        super::health_changed();
+        self.signal.notify();
         result
     }
 
@@ -265,6 +277,10 @@ impl<F: Fetch> CredentialProvider for Refreshing<F> {
                 .and_then(|c| c.expiration),
             errors: self.inner.errors.load(Ordering::Relaxed),
         }]
+    }
+
+    fn health_signal(&self) -> Option<HealthSignal> {
+        Some(self.inner.signal.clone())
     }
 }
 

@@ -18,6 +18,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::answer::{DataMeta, Envelope, Field, Ints, Texts};
+use crate::acs::truncate;
 use crate::snapshot::{parse_flags, Fold, Limits, Snapshot};
 
 /// Why a body could not be turned into a snapshot.
@@ -368,16 +369,6 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
     }
 }
 
-/// Pulls `Code` and `Message` out of an error body cheaply, without folding anything: used for
-/// non-2xx answers, which the gateway sends as `{RequestId, HostId, Code, Message, Recommend}`.
-pub fn error_code(body: &[u8]) -> Option<(String, String)> {
-    let mut fold = Fold::new();
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let env = EnvelopeSeed(&mut fold).deserialize(&mut de).ok()?;
-    let code = env.code.filter(|c| !is_ok_code(c))?;
-    Some((code, env.message.unwrap_or_default()))
-}
-
 fn is_ok_code(code: &str) -> bool {
     matches!(code.trim(), "200" | "Success" | "OK")
 }
@@ -465,14 +456,6 @@ pub(crate) fn conclude_for_tests(
     conclude(env, fold, limits)
 }
 
-/// Shortens a message for a log line or a page, on a character boundary.
-pub fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeMap;
@@ -480,6 +463,7 @@ pub(crate) mod tests {
     use proptest::strategy::Strategy;
 
     use super::*;
+    use crate::acs::error_code;
     use crate::snapshot::{flag_name, FLAG_UNKNOWN};
 
     /// The example answer from the vendor's reference page, verbatim.

@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::Fault;
 
-use crate::das::{sign, ACTION, API_VERSION};
+use crate::acs::sign;
+use crate::das::{ACTION, API_VERSION};
 use crate::discovery::{self, InventoryInstance, Tag, Tags};
 
 /// What an authenticated request asks for.
@@ -169,7 +170,7 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
         .from_redis
         .as_deref()
         .map(|url| {
-            crate::direct::parse_endpoint(url, false)
+            crate::config::parse_endpoint(url, false)
                 .map(|e| crate::direct::NodeClient::new(e, None, None))
                 .map_err(|e| format!("--from-redis: {e}"))
         })
@@ -449,10 +450,7 @@ fn parse_params(query: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    crate::clock::unix_millis(SystemTime::now()).unsigned_abs()
 }
 
 /// The answer `instance` gets now, without faults.
@@ -747,7 +745,7 @@ async fn describe_instances(
             (None, None) => {}
         }
     }
-    if tags.len() > discovery::MAX_TAGS {
+    if tags.len() > crate::config::MAX_TAGS {
         return bad("InvalidTags.Count", "At most 5 tags are allowed.");
     }
     if !tags.is_empty() && region.is_none() {

@@ -14,6 +14,7 @@ mod faults;
 mod fleet;
 mod front_door;
 mod image;
+mod layout;
 mod polling;
 mod prometheus;
 mod reload;

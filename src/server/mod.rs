@@ -1,5 +1,10 @@
 //! The HTTP side: `/metrics` (content negotiation, gzip), `/` (landing page), `/healthz`,
-//! `/readyz`. Handlers only read the [`Store`]; they never touch the network or wait on a poll.
+//! `/readyz`, `POST /-/reload`. Handlers only read the [`Store`]; they never touch the network or
+//! wait on a poll. A reload is a request on a [`ReloadHandle`], answered by whoever owns the
+//! configuration. [`webconfig`] puts TLS and basic auth in front of every route.
+
+pub mod connections;
+pub mod webconfig;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,9 +17,12 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::daemon::{Control, ControlSender};
+use tokio::sync::{mpsc, oneshot};
+
 use crate::exposition::{encode_global, render, render_to, Block, Format, GlobalReport};
 use crate::store::{Status, Store};
+
+pub use webconfig::{serve, WebConfig};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -24,8 +32,43 @@ pub struct AppState {
     last_size: Arc<AtomicUsize>,
     /// The gzip bodies, rendered at most once per store generation.
     cache: Arc<ScrapeCache>,
-    /// The daemon's control loop, for `POST /-/reload`.
-    control: Option<ControlSender>,
+    /// Where `POST /-/reload` goes.
+    reload: Option<ReloadHandle>,
+}
+
+/// A request to re-read the configuration; `reply` (when given) learns whether the new one is in
+/// force, or why not.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    pub reply: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Sends [`ReloadRequest`]s to whoever owns the configuration (the daemon's control loop).
+#[derive(Debug, Clone)]
+pub struct ReloadHandle(mpsc::Sender<ReloadRequest>);
+
+impl ReloadHandle {
+    /// A handle and the receiving end its owner reads.
+    pub fn channel() -> (Self, mpsc::Receiver<ReloadRequest>) {
+        let (tx, rx) = mpsc::channel(16);
+        (Self(tx), rx)
+    }
+
+    /// Asks for a reload and waits for the outcome; `None` when nobody answers any more
+    /// (shutting down).
+    pub async fn reload(&self) -> Option<Result<(), String>> {
+        let (reply, rx) = oneshot::channel();
+        self.0
+            .send(ReloadRequest { reply: Some(reply) })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Asks for a reload without waiting for the outcome (SIGHUP); false when nobody listens.
+    pub async fn request(&self) -> bool {
+        self.0.send(ReloadRequest { reply: None }).await.is_ok()
+    }
 }
 
 impl AppState {
@@ -34,12 +77,13 @@ impl AppState {
             store,
             last_size: Arc::new(AtomicUsize::new(64 * 1024)),
             cache: Arc::default(),
-            control: None,
+            reload: None,
         }
     }
 
-    pub fn with_control(mut self, tx: ControlSender) -> Self {
-        self.control = Some(tx);
+    /// Serves `POST /-/reload` through `handle`.
+    pub fn with_reload(mut self, handle: ReloadHandle) -> Self {
+        self.reload = Some(handle);
         self
     }
 }
@@ -257,21 +301,13 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
 
 /// `POST /-/reload`: 200 when the new configuration is in force, 400 with the reason otherwise.
 async fn reload(State(st): State<AppState>) -> (StatusCode, String) {
-    let Some(tx) = &st.control else {
+    let Some(handle) = &st.reload else {
         return (StatusCode::NOT_FOUND, "reload is not available\n".into());
     };
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    if tx
-        .send(Control::Reload { reply: Some(reply) })
-        .await
-        .is_err()
-    {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
-    }
-    match rx.await {
-        Ok(Ok(())) => (StatusCode::OK, "configuration reloaded\n".into()),
-        Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("reload rejected: {e}\n")),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
+    match handle.reload().await {
+        Some(Ok(())) => (StatusCode::OK, "configuration reloaded\n".into()),
+        Some(Err(e)) => (StatusCode::BAD_REQUEST, format!("reload rejected: {e}\n")),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
     }
 }
 

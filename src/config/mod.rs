@@ -4,7 +4,11 @@
 //! Unknown keys are errors, and every error names the key it is about, because a typo that is
 //! silently ignored is the worst kind of misconfiguration for a daemon nobody watches start.
 
-use std::collections::{BTreeMap, HashSet};
+mod credentials;
+mod discovery;
+mod instance;
+
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +18,16 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::credentials::SecretString;
-use crate::snapshot::Limits;
+pub use credentials::{check_role_session_name, normalize_endpoint, CredentialsConfig, Provider};
+pub use discovery::{
+    endpoint_for, DiscoveryConfig, ARCHITECTURES, DEFAULT_ENDPOINT, MAX_TAGS, MIN_REFRESH,
+};
+#[cfg(test)]
+pub(crate) use instance::tests::cert_and_key;
+pub use instance::{
+    parse_endpoint, read_password, validate_instance, CheckedFile, Endpoint, InstanceConfig,
+    SourceKind, TlsFiles,
+};
 
 /// The largest value any count limit may take (`[limits]`, `server.max_connections`).
 pub const MAX_LIMIT: usize = 100_000;
@@ -66,33 +78,43 @@ pub struct Config {
     pub instances: Vec<InstanceConfig>,
     /// `[[discovery]]`: instances found in the cloud's inventory.
     #[serde(default)]
-    pub discovery: Vec<crate::discovery::DiscoveryConfig>,
+    pub discovery: Vec<DiscoveryConfig>,
     #[serde(default)]
-    pub sharding: ShardingConfig,
+    pub sharding: Sharding,
 }
 
 /// `[sharding]`: which part of the fleet this replica polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ShardingConfig {
+pub struct Sharding {
+    /// This replica's shard, from 0.
     pub shard: u32,
-    pub total_shards: u32,
+    /// How many shards the fleet is split into.
+    #[serde(rename = "total_shards")]
+    pub total: u32,
 }
 
-impl Default for ShardingConfig {
+impl Default for Sharding {
     fn default() -> Self {
-        Self {
-            shard: 0,
-            total_shards: 1,
-        }
+        Self { shard: 0, total: 1 }
     }
 }
 
-impl ShardingConfig {
-    pub fn sharding(&self) -> crate::fleet::Sharding {
-        crate::fleet::Sharding {
-            shard: self.shard,
-            total: self.total_shards,
+/// `[limits]`: cardinality caps the fold applies to each instance's breakdowns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_sources: usize,
+    pub max_commands: usize,
+    pub max_client_names: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sources: 50,
+            max_commands: 100,
+            max_client_names: 50,
         }
     }
 }
@@ -176,110 +198,6 @@ impl Default for PollConfig {
     }
 }
 
-/// `[credentials]`: which provider signs requests. The secret itself is never a config value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CredentialsConfig {
-    /// `default` (the SDK chain), or one provider pinned.
-    pub provider: String,
-    pub access_key_id: Option<String>,
-    /// A file holding the AccessKey secret (Kubernetes Secrets arrive as files).
-    pub access_key_secret_file: Option<PathBuf>,
-    /// Refused by validation: accepted by the parser only to explain why.
-    #[serde(skip_serializing)]
-    pub access_key_secret: Option<SecretString>,
-    /// STS endpoint for OIDC/RRSA; a bare host means https.
-    pub sts_endpoint: Option<String>,
-    pub ecs_metadata_endpoint: Option<String>,
-    pub role_session_name: Option<String>,
-}
-
-impl Default for CredentialsConfig {
-    fn default() -> Self {
-        Self {
-            provider: "default".into(),
-            access_key_id: None,
-            access_key_secret_file: None,
-            access_key_secret: None,
-            sts_endpoint: None,
-            ecs_metadata_endpoint: None,
-            role_session_name: None,
-        }
-    }
-}
-
-/// Where an instance's sessions come from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    /// DAS `GetRedisAllSession`.
-    #[default]
-    Das,
-    /// `CLIENT LIST` from the Redis nodes themselves (see [`crate::direct`]).
-    Direct,
-}
-
-/// `[[instances]]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InstanceConfig {
-    pub id: String,
-    #[serde(default)]
-    pub source: SourceKind,
-    /// Extra labels for `redis_session_instance_info`.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    // The keys below are for `source = "direct"` only (validation refuses them elsewhere).
-    /// `redis://host:port` or `rediss://host:port` (TLS); the cluster seed with `cluster = true`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    /// ACL user; without it the connection authenticates as `default` (or not at all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// A file holding the password; read at each (re)connect, so a rotated secret is picked up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<PathBuf>,
-    /// Accepted and ignored: `CLIENT LIST` is server-wide, whatever database is selected.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub db: Option<i64>,
-    /// Explicit node endpoints (`host:port` or URLs) polled instead of `address`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nodes: Vec<String>,
-    /// Find every primary and replica from `CLUSTER NODES` on `address`, and poll each.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cluster: bool,
-    /// PEM file of the CAs that sign the server certificate (`rediss://` only); without it the
-    /// system's roots are used. Read at each (re)connect.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_ca_file: Option<PathBuf>,
-    /// PEM client certificate, for servers that ask for one (`tls-auth-clients yes`); with
-    /// `tls_key_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of `tls_cert_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_key_file: Option<PathBuf>,
-}
-
-impl InstanceConfig {
-    pub fn new(id: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            source: SourceKind::Das,
-            labels: BTreeMap::new(),
-            address: None,
-            username: None,
-            password_file: None,
-            db: None,
-            nodes: Vec::new(),
-            cluster: false,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-        }
-    }
-}
-
 /// Values given on the command line; they win over the file and the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -290,11 +208,28 @@ pub struct Overrides {
     pub total_shards: Option<u32>,
 }
 
-/// One problem with one key.
+/// One problem with one key: the one shape of every validation error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyError {
     pub key: String,
     pub reason: String,
+}
+
+impl KeyError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same problem, its key placed under `prefix` (`instances[0]` + `address`).
+    pub fn under(self, prefix: &str) -> Self {
+        Self {
+            key: format!("{prefix}.{}", self.key),
+            reason: self.reason,
+        }
+    }
 }
 
 impl fmt::Display for KeyError {
@@ -363,16 +298,14 @@ impl Config {
     /// Every semantic check, all reported at once.
     pub fn validate(&self) -> Result<(), Vec<KeyError>> {
         let mut errs = Vec::new();
-        let mut err = |key: &str, reason: String| {
-            errs.push(KeyError {
-                key: key.to_owned(),
-                reason,
-            })
+        let push = |errs: &mut Vec<KeyError>, key: &str, reason: String| {
+            errs.push(KeyError::new(key, reason))
         };
 
-        match reqwest::Url::parse(&self.das.endpoint) {
+        match url::Url::parse(&self.das.endpoint) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            _ => err(
+            _ => push(
+                &mut errs,
                 "das.endpoint",
                 format!(
                     "{:?} is not an http(s)://host[:port] URL",
@@ -381,7 +314,8 @@ impl Config {
             ),
         }
         if !(1..=MAX_LIMIT).contains(&self.server.max_connections) {
-            err(
+            push(
+                &mut errs,
                 "server.max_connections",
                 format!("must be between 1 and {MAX_LIMIT}"),
             );
@@ -396,117 +330,81 @@ impl Config {
             ("server.shutdown_timeout", self.server.shutdown_timeout),
         ] {
             if d.is_zero() || d > MAX_SERVER_TIMEOUT {
-                err(key, "must be greater than zero and at most 1h".into());
+                push(
+                    &mut errs,
+                    key,
+                    "must be greater than zero and at most 1h".into(),
+                );
             }
         }
         if self.das.timeout.is_zero() {
-            err("das.timeout", "must be greater than zero".into());
+            push(&mut errs, "das.timeout", "must be greater than zero".into());
         }
         if self.das.max_body_bytes < 1024 {
-            err("das.max_body_bytes", "must be at least 1024".into());
+            push(
+                &mut errs,
+                "das.max_body_bytes",
+                "must be at least 1024".into(),
+            );
         }
         if self.poll.interval < Duration::from_secs(1) {
-            err("poll.interval", "must be at least 1s".into());
+            push(&mut errs, "poll.interval", "must be at least 1s".into());
         }
         if self.poll.concurrency == 0 {
-            err("poll.concurrency", "must be at least 1".into());
+            push(&mut errs, "poll.concurrency", "must be at least 1".into());
         }
         if !(self.poll.max_requests_per_second.is_finite()
             && self.poll.max_requests_per_second > 0.0)
         {
-            err(
+            push(
+                &mut errs,
                 "poll.max_requests_per_second",
                 "must be a number greater than zero".into(),
             );
         }
-        if self.credentials.access_key_secret.is_some() {
-            err(
-                "credentials.access_key_secret",
-                "a secret inline in a config file ends up in version control; put it in a file \
-                 and set credentials.access_key_secret_file, or use the environment"
-                    .into(),
-            );
-        }
-        if let Some(path) = &self.credentials.access_key_secret_file {
-            if let Err(reason) = check_secret_file(path) {
-                err("credentials.access_key_secret_file", reason);
-            }
-        }
-        const PROVIDERS: &[&str] = &[
-            "default",
-            "env",
-            "static",
-            "oidc",
-            "profile",
-            "file",
-            "ecs_ram_role",
-        ];
-        for (key, value) in [
-            ("credentials.sts_endpoint", &self.credentials.sts_endpoint),
-            (
-                "credentials.ecs_metadata_endpoint",
-                &self.credentials.ecs_metadata_endpoint,
-            ),
-        ] {
-            if let Some(Err(reason)) = value.as_deref().map(crate::credentials::normalize_endpoint)
-            {
-                err(key, reason);
-            }
-        }
-        if let Some(Err(reason)) = self
-            .credentials
-            .role_session_name
-            .as_deref()
-            .map(crate::credentials::check_role_session_name)
-        {
-            err("credentials.role_session_name", reason);
-        }
-        if !PROVIDERS.contains(&self.credentials.provider.as_str()) {
-            err(
-                "credentials.provider",
-                format!(
-                    "unknown provider {:?}; expected one of {}",
-                    self.credentials.provider,
-                    PROVIDERS.join(", ")
-                ),
-            );
-        }
+        errs.extend(self.credentials.validate());
 
         let mut seen = HashSet::new();
         for (i, inst) in self.instances.iter().enumerate() {
             let key = format!("instances[{i}].id");
             if inst.id.trim().is_empty() {
-                err(&key, "must not be empty".into());
+                push(&mut errs, &key, "must not be empty".into());
             } else if !seen.insert(inst.id.as_str()) {
-                err(&key, format!("duplicate instance id {:?}", inst.id));
+                push(
+                    &mut errs,
+                    &key,
+                    format!("duplicate instance id {:?}", inst.id),
+                );
             }
             for name in inst.labels.keys() {
                 let key = format!("instances[{i}].labels.{name}");
                 if let Err(reason) = check_label_name(name) {
-                    err(&key, reason);
+                    push(&mut errs, &key, reason);
                 }
             }
-            for (key, reason) in crate::direct::validate_instance(inst) {
-                err(&format!("instances[{i}].{key}"), reason);
+            for e in validate_instance(inst) {
+                errs.push(e.under(&format!("instances[{i}]")));
             }
         }
-        if self.sharding.total_shards == 0 {
-            err("sharding.total_shards", "must be at least 1".into());
-        } else if self.sharding.shard >= self.sharding.total_shards {
-            err(
+        if self.sharding.total == 0 {
+            push(
+                &mut errs,
+                "sharding.total_shards",
+                "must be at least 1".into(),
+            );
+        } else if self.sharding.shard >= self.sharding.total {
+            push(&mut errs,
                 "sharding.shard",
                 format!(
                     "shard {} does not exist: shards are numbered 0 to {} (sharding.total_shards = {})",
                     self.sharding.shard,
-                    self.sharding.total_shards - 1,
-                    self.sharding.total_shards
+                    self.sharding.total - 1,
+                    self.sharding.total
                 ),
             );
         }
         for (i, d) in self.discovery.iter().enumerate() {
-            for e in d.validate(&format!("discovery[{i}]")) {
-                errs.push(e);
-            }
+            errs.extend(d.validate(&format!("discovery[{i}]")));
         }
         if errs.is_empty() {
             Ok(())
@@ -520,18 +418,6 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
-}
-
-/// A configured secret file must be readable and non-empty now, not at the first poll: a typo in
-/// a mounted Secret's path should stop the start (or the reload), not yield an exporter that runs
-/// and reports `code="credentials"` forever. Only the path and the I/O error are reported; the
-/// contents are read, checked and dropped.
-fn check_secret_file(path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(())
 }
 
 /// Prometheus label-name rules, plus the exporter's reserved names.
@@ -838,17 +724,14 @@ mod tests {
     #[test]
     fn sharding_and_discovery_keys() {
         let c = load(MINIMAL).unwrap();
-        assert_eq!(c.sharding, ShardingConfig::default());
+        assert_eq!(c.sharding, Sharding::default());
         assert!(c.discovery.is_empty());
         let c = load_env(
             "[sharding]\nshard = 1\n[[discovery]]\nregions = [\"cn-hangzhou\"]\ntags = { env = \"prod\" }\n",
             &[("REDIS_SESSION_EXPORTER_SHARDING__TOTAL_SHARDS", "3")],
         )
         .unwrap();
-        assert_eq!(
-            c.sharding.sharding(),
-            crate::fleet::Sharding { shard: 1, total: 3 }
-        );
+        assert_eq!(c.sharding, Sharding { shard: 1, total: 3 });
         assert_eq!(c.discovery[0].tags["env"], "prod");
         let again = load(&c.to_toml()).unwrap();
         assert_eq!(again.discovery, c.discovery);
@@ -863,10 +746,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(
-            flags.sharding.sharding(),
-            crate::fleet::Sharding { shard: 2, total: 4 }
-        );
+        assert_eq!(flags.sharding, Sharding { shard: 2, total: 4 });
         for (toml, key) in [
             (
                 "[sharding]\nshard = 3\ntotal_shards = 3\n",
