@@ -21,7 +21,10 @@ impl<'de> serde::Deserialize<'de> for Members {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Members, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Members, A::Error> {
                 let mut out = Vec::new();
                 while let Some(e) = m.next_entry()? {
                     out.push(e);
@@ -43,21 +46,61 @@ fn lenient_int(v: &Value) -> Option<i64> {
             .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
         Value::String(s) => {
             let t = s.trim();
-            t.parse::<i64>()
-                .ok()
-                .or_else(|| t.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64))
+            t.parse::<i64>().ok().or_else(|| {
+                t.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f as i64)
+            })
         }
         _ => None,
+    }
+}
+
+/// A member of the envelope: `Data` read with its repeated keys kept.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Member {
+    Object(Members),
+    Other(#[allow(dead_code)] Value),
+}
+
+/// The envelope's members, duplicates kept.
+struct Top(Vec<(String, Member)>);
+
+impl<'de> serde::Deserialize<'de> for Top {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Top;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Top, A::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = m.next_entry()? {
+                    out.push(e);
+                }
+                Ok(Top(out))
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
 /// `(sum of SourceStats counts, Data.Total, number of sessions)` of an answer whose envelope and
 /// `Data` have no repeated key; `None` when the reading would be ambiguous.
 fn independent(body: &[u8]) -> Option<(u64, Option<u64>, u64)> {
-    let top: Members = serde_json::from_slice(body).ok()?;
-    let datas: Vec<&Value> = top.0.iter().filter(|(k, _)| k == "Data").map(|(_, v)| v).collect();
-    let [data] = datas[..] else { return None };
-    let data: Members = serde_json::from_value(data.clone()).ok()?;
+    let top: Top = serde_json::from_slice(body).ok()?;
+    let datas: Vec<&Member> = top
+        .0
+        .iter()
+        .filter(|(k, _)| k == "Data")
+        .map(|(_, v)| v)
+        .collect();
+    let [Member::Object(data)] = datas[..] else {
+        return None;
+    };
     let mut keys: Vec<&str> = data.0.iter().map(|(k, _)| k.as_str()).collect();
     keys.sort_unstable();
     if keys.windows(2).any(|w| w[0] == w[1]) {
@@ -78,7 +121,9 @@ fn independent(body: &[u8]) -> Option<(u64, Option<u64>, u64)> {
         })
         .unwrap_or(0);
     let total = get("Total").and_then(lenient_int).map(|t| t.max(0) as u64);
-    let sessions = get("Sessions").and_then(Value::as_array).map_or(0, |a| a.len() as u64);
+    let sessions = get("Sessions")
+        .and_then(Value::as_array)
+        .map_or(0, |a| a.len() as u64);
     Some((sources, total, sessions))
 }
 
@@ -93,7 +138,11 @@ fn check(body: &[u8], s: &Snapshot) {
     assert!(s.by_source.len() <= 4, "3 sources and other");
     if let Some((sources, total, sessions)) = independent(body) {
         assert_eq!(s.sessions, sessions);
-        assert_eq!(sum(&s.by_source), sources, "by_source adds up to SourceStats");
+        assert_eq!(
+            sum(&s.by_source),
+            sources,
+            "by_source adds up to SourceStats"
+        );
         assert_eq!(s.reported_total, total.unwrap_or(sessions), "Total");
     }
 }

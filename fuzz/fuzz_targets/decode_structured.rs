@@ -13,10 +13,32 @@ use redis_session_exporter::snapshot::Limits;
 /// Value forms a mutation writes in place of a value: the lenient forms the reference takes
 /// and some it refuses.
 const FORMS: &[&[u8]] = &[
-    b"null", b"true", b"false", b"0", b"-1", b"1.5", b"1e3", b"-0", b"00", b"18446744073709551616",
-    b"9223372036854775807", b"\"12\"", b"\" 12 \"", b"\"-7\"", b"\"+5\"", b"\"\"", b"\"x\"",
-    b"\"N\\\"\"", b"\"\\u00e9\"", b"\"\\ud83d\\ude00\"", b"\"\\ud83d\"", b"\"\xff\"", b"[]",
-    b"{}", b"[1,{\"a\":null}]", b"\"a\x01\"",
+    b"null",
+    b"true",
+    b"false",
+    b"0",
+    b"-1",
+    b"1.5",
+    b"1e3",
+    b"-0",
+    b"00",
+    b"18446744073709551616",
+    b"9223372036854775807",
+    b"\"12\"",
+    b"\" 12 \"",
+    b"\"-7\"",
+    b"\"+5\"",
+    b"\"\"",
+    b"\"x\"",
+    b"\"N\\\"\"",
+    b"\"\\u00e9\"",
+    b"\"\\ud83d\\ude00\"",
+    b"\"\\ud83d\"",
+    b"\"\xff\"",
+    b"[]",
+    b"{}",
+    b"[1,{\"a\":null}]",
+    b"\"a\x01\"",
 ];
 
 /// Byte offsets where each member of an object starts (`"` after `{` or `,`) in `b`.
@@ -50,7 +72,11 @@ fn mutate(body: &mut Vec<u8>, op: u8, at: u8, pick: u8) {
     }
     // Spread `at` over the whole body: later bytes pick later members.
     let k = starts[(usize::from(at) * starts.len()) / 256];
-    let Some(colon) = body[k + 1..].iter().position(|&c| c == b'"').map(|p| k + p + 2) else {
+    let Some(colon) = body[k + 1..]
+        .iter()
+        .position(|&c| c == b'"')
+        .map(|p| k + p + 2)
+    else {
         return;
     };
     if body.get(colon) != Some(&b':') {
@@ -60,7 +86,10 @@ fn mutate(body: &mut Vec<u8>, op: u8, at: u8, pick: u8) {
     let end = value_end(body, v);
     match op % 7 {
         0 => {
-            body.splice(v..end, FORMS[usize::from(pick) % FORMS.len()].iter().copied());
+            body.splice(
+                v..end,
+                FORMS[usize::from(pick) % FORMS.len()].iter().copied(),
+            );
         }
         1 => {
             let member = body[k..end].to_vec();
@@ -74,8 +103,10 @@ fn mutate(body: &mut Vec<u8>, op: u8, at: u8, pick: u8) {
             body.splice(colon + 1..colon + 1, ws.iter().copied());
         }
         4 => {
-            let esc = format!("\\u{:04x}", body[k + 1]);
-            body.splice(k + 1..k + 2, esc.into_bytes());
+            if let Some(&c) = body.get(k + 1) {
+                let esc = format!("\\u{:04x}", c);
+                body.splice(k + 1..k + 2, esc.into_bytes());
+            }
         }
         5 if body.get(end) == Some(&b',') => {
             // Moved after the next member.
@@ -88,7 +119,8 @@ fn mutate(body: &mut Vec<u8>, op: u8, at: u8, pick: u8) {
         _ => {
             let i = (usize::from(pick) * body.len()) / 256;
             if let Some(b) = body.get_mut(i) {
-                *b = b"{}[]\",:0-.e\\ ntu\x01"[usize::from(at) % 18];
+                const PUNCT: &[u8] = b"{}[]\",:0-.e\\ ntu\x01";
+                *b = PUNCT[usize::from(at) % PUNCT.len()];
             }
         }
     }
