@@ -363,16 +363,87 @@ mod tests {
         );
     }
 
+    /// The documented figures as literals: retry n waits between half and all of 0.5 s, 1 s,
+    /// 2 s, … capped at 30 s, the half above the floor random; never less than the server asks.
     #[test]
     fn backoff_grows_caps_and_honours_the_server() {
-        for retry in 1..20 {
-            let b = backoff(retry, None);
-            let exp = BACKOFF_BASE
-                .saturating_mul(1 << (retry - 1).min(16))
-                .min(BACKOFF_CAP);
-            assert!(b >= exp / 2 && b <= exp, "retry {retry}: {b:?}");
+        let full_ms = [
+            500u64, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000,
+        ];
+        for (retry, full) in (1..).zip(full_ms) {
+            let samples: Vec<u64> = (0..200)
+                .map(|_| backoff(retry, None).as_millis() as u64)
+                .collect();
+            let (lo, hi) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
+            assert!(
+                *lo >= full / 2 && *hi <= full,
+                "retry {retry}: {lo}..{hi} ms, documented {}..{full} ms",
+                full / 2
+            );
+            // Jittered: 200 draws spread over the random half, not one fixed value.
+            assert!(
+                *lo < full * 6 / 10 && *hi > full * 9 / 10,
+                "retry {retry}: {lo}..{hi} ms is not spread"
+            );
         }
-        assert!(backoff(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+        assert!(backoff(1000, None) <= Duration::from_secs(30));
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+    }
+
+    /// Inside `with_retries`, on tokio's paused clock (exact gaps, no real waiting): a transient
+    /// failure is retried with gaps that grow — each within its documented range, so never
+    /// shorter than the one before until the cap — then between 15 and 30 s, until the budget
+    /// is spent.
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_longer_each_time_up_to_the_cap() {
+        let ctx = PollContext {
+            // A rate so high the limiter never waits: only the back-off spaces the attempts.
+            throttle: Arc::new(Throttle::new(4, 1e9)),
+            budget: Duration::from_secs(300),
+            timeout: Duration::from_millis(200),
+            limits: Limits::default(),
+        };
+        let started = std::sync::Mutex::new(Vec::new());
+        let r: Result<(), _> = with_retries(&ctx, |_| {
+            let mut started = started.lock().unwrap();
+            started.push(Instant::now());
+            // A hot retry loop would never reach the budget on a paused clock: end it with a
+            // failure the assertion below tells apart.
+            let code = if started.len() > 100 {
+                "NoPermission"
+            } else {
+                "ServiceUnavailable"
+            };
+            async move { Err(api_error(code)) }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), "ServiceUnavailable");
+        let times = started.into_inner().unwrap();
+        let gaps: Vec<u64> = times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis() as u64)
+            .collect();
+        let full_ms = [500u64, 1000, 2000, 4000, 8000, 16_000];
+        assert!(gaps.len() >= full_ms.len() + 2, "too few retries: {gaps:?}");
+        for (i, g) in gaps.iter().enumerate() {
+            let full = full_ms.get(i).copied().unwrap_or(30_000);
+            assert!(
+                *g >= full / 2 && *g <= full + 1,
+                "gap {i}: {g} ms, documented {}..{full} ms (all: {gaps:?})",
+                full / 2
+            );
+        }
+        // Below the cap the ranges only touch at their ends, so each gap is at least the last.
+        assert!(
+            gaps[..full_ms.len()].windows(2).all(|w| w[1] + 1 >= w[0]),
+            "a gap shrank before the cap: {gaps:?}"
+        );
+        // The budget (300 s) ends the retries: the last attempt started inside it.
+        let spent = *times.last().unwrap() - times[0];
+        assert!(spent <= Duration::from_secs(300), "{spent:?}");
     }
 
     fn ctx(budget: Duration) -> PollContext {
