@@ -54,6 +54,11 @@ impl Snapshot {
                 limits.max_client_names,
                 &mut caps.libraries,
             );
+        } else {
+            // No session with direct fields: every user and library count is 0 now, so none
+            // keeps its series into the next poll that has some.
+            caps.users = Sticky::new();
+            caps.libraries = Sticky::new();
         }
         let clients = take(&mut self.by_client);
         self.by_workload = attribution.filter(|a| a.is_enabled()).map(|a| {
@@ -69,7 +74,12 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Fold, SessionView};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::TestCaseError;
+    use proptest::{prop_assert, prop_assert_eq};
+
+    use super::super::{Fold, SessionView, OTHER};
     use super::*;
     use crate::attribution::Networks;
 
@@ -160,5 +170,168 @@ mod tests {
             .finish(&Limits::default(), None, None)
             .by_client
             .is_empty());
+    }
+
+    /// What the sticky rule gives, computed here from raw counts: ranked by count (ties by
+    /// value), a value holds a series when its count is above 0 and it ranks within `cap`, or
+    /// within 2×`cap` having held one at the previous poll.
+    fn want_named(
+        counts: &BTreeMap<String, u64>,
+        cap: usize,
+        before: &BTreeSet<String>,
+    ) -> BTreeSet<String> {
+        let mut ranked: Vec<(&String, u64)> = counts
+            .iter()
+            .filter(|(k, _)| k.as_str() != OTHER)
+            .map(|(k, c)| (k, *c))
+            .collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        ranked
+            .iter()
+            .enumerate()
+            .filter(|(rank, (k, c))| {
+                *c > 0 && (*rank < cap || (*rank < 2 * cap && before.contains(*k)))
+            })
+            .map(|(_, (k, _))| (*k).clone())
+            .collect()
+    }
+
+    /// A capped family against its raw counts: exactly the values the sticky rule names, each
+    /// with its own count, `other` with everything else (absent at 0), at most 2×cap + 1
+    /// series, adding up to the total. Returns the named values for the next poll.
+    fn check_family(
+        family: &str,
+        got: &[(String, u64)],
+        counts: &BTreeMap<String, u64>,
+        cap: usize,
+        before: &BTreeSet<String>,
+    ) -> Result<BTreeSet<String>, TestCaseError> {
+        let want = want_named(counts, cap, before);
+        let named: BTreeSet<String> = got
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| k != OTHER)
+            .collect();
+        prop_assert_eq!(&named, &want, "{} named", family);
+        prop_assert!(
+            got.len() <= 2 * cap + 1,
+            "{} has {} series",
+            family,
+            got.len()
+        );
+        let total: u64 = counts.values().sum();
+        let rest: u64 = counts
+            .iter()
+            .filter(|(k, _)| !want.contains(*k))
+            .map(|(_, c)| c)
+            .sum();
+        for (k, n) in got {
+            let expect = if k == OTHER { rest } else { counts[k] };
+            prop_assert_eq!(*n, expect, "{} {}", family, k);
+        }
+        prop_assert_eq!(
+            got.iter().any(|(k, _)| k == OTHER),
+            rest > 0,
+            "{} other",
+            family
+        );
+        prop_assert_eq!(
+            got.iter().map(|x| x.1).sum::<u64>(),
+            total,
+            "{} sum",
+            family
+        );
+        Ok(want)
+    }
+
+    proptest::proptest! {
+        /// Poll after poll of one instance, every capped family (`by_source`, `by_command`,
+        /// `by_client_name`, `by_user`, `by_library` with `max_client_names`, `by_workload`
+        /// with `max_workloads`) names exactly what the sticky rule names, so it stays within
+        /// 2×cap + 1 series, adds up to the total, and keeps a value's series while it ranks
+        /// within 2×cap (no flap at the boundary).
+        #[test]
+        fn every_capped_family_is_bounded_complete_and_sticky(
+            // Per session, an index into each family's few values, so that values tie, trade
+            // places and cross the cap from poll to poll.
+            polls in proptest::collection::vec(
+                proptest::collection::vec(proptest::array::uniform6(0usize..10), 0..60),
+                1..8,
+            ),
+            cap in 0usize..4,
+        ) {
+            let limits = Limits {
+                max_sources: cap,
+                max_commands: cap,
+                max_client_names: cap,
+                max_workloads: cap,
+                ..Limits::default()
+            };
+            // Clients 10.9.k.1: networks name k < 7; the rest are unknown.
+            let a = Attribution::new(
+                Networks::new((0..7).map(|k| (format!("10.9.{k}.0/24").parse().unwrap(), format!("w{k}")))),
+                false,
+            );
+            let value = |family: usize, k: usize| match family {
+                0 => format!("10.0.0.{k}"),
+                1 => format!("cmd{k}"),
+                // A real client name `other` joins the `other` series.
+                2 if k == 9 => OTHER.to_owned(),
+                2 => format!("name{k}"),
+                3 => format!("user{k}"),
+                4 => format!("lib{k}"),
+                _ => format!("10.9.{k}.1"),
+            };
+            let workload = |k: usize| if k < 7 { format!("w{k}") } else { "unknown".to_owned() };
+            let mut caps = Caps::default();
+            let mut before: Vec<BTreeSet<String>> = vec![BTreeSet::new(); 6];
+            for poll in &polls {
+                let mut f = Fold::with_clients(600);
+                let mut counts: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); 6];
+                for keys in poll {
+                    let v: Vec<String> = (0..6).map(|fam| value(fam, keys[fam])).collect();
+                    f.add(&SessionView {
+                        cmd: &v[1],
+                        name: &v[2],
+                        user: Some(&v[3]),
+                        lib_name: Some(&v[4]),
+                        client: &v[5],
+                        multi: -1,
+                        ..Default::default()
+                    });
+                    f.add_source(&v[0], 1);
+                    for fam in 0..5 {
+                        *counts[fam].entry(v[fam].clone()).or_default() += 1;
+                    }
+                    *counts[5].entry(workload(keys[5])).or_default() += 1;
+                }
+                let mut s = f.finish(&limits, None, None);
+                s.apply_caps(&limits, &mut caps, Some(&a));
+                // A poll without sessions has no direct figures at all.
+                let none = Vec::new();
+                let (users, libraries) = s
+                    .direct
+                    .as_ref()
+                    .map_or((&none, &none), |d| (&d.by_user, &d.by_library));
+                let workloads: Vec<(String, u64)> = s
+                    .by_workload
+                    .as_ref()
+                    .expect("attribution is on")
+                    .iter()
+                    .map(|(w, f)| (w.name.to_string(), f.sessions))
+                    .collect();
+                let got: [(&str, &[(String, u64)]); 6] = [
+                    ("by_source", &s.by_source),
+                    ("by_command", &s.by_command),
+                    ("by_client_name", &s.by_client_name),
+                    ("by_user", users),
+                    ("by_library", libraries),
+                    ("by_workload", &workloads),
+                ];
+                for (fam, (name, rows)) in got.into_iter().enumerate() {
+                    before[fam] = check_family(name, rows, &counts[fam], cap, &before[fam])?;
+                }
+            }
+        }
     }
 }
