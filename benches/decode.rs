@@ -12,10 +12,12 @@
 //! - `DECODE_REPEAT=n DECODE_MEMBER=name [DECODE_VALIDATE=1]`: decode (or validate) that member n
 //!   times and exit, a fixed amount of work for `valgrind --tool=callgrind`, whose instruction
 //!   counts do not depend on the machine's load;
+//! - `DECODE_CLIENTS=1`: decode as with attribution on (per-client figures kept, issue 14);
 //! - `CORPUS_WRITE=name:path [CORPUS_SESSIONS=n]`: write that member (with n sessions) to `path`
 //!   and exit (scripts/bench-poll-cpu.sh; the fuzz seeds `fuzz/seeds/decode/real-*.json`).
 
 use std::hint::black_box;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -64,8 +66,15 @@ fn validate(b: &[u8]) {
     black_box(v);
 }
 
+/// The limits of every decode here: the defaults, with attribution's per-client figures when
+/// `DECODE_CLIENTS` is set.
+static LIMITS: LazyLock<Limits> = LazyLock::new(|| Limits {
+    client_idle_threshold: std::env::var_os("DECODE_CLIENTS").map(|_| 600),
+    ..Limits::default()
+});
+
 fn decode(b: &[u8]) {
-    let snap = wire::decode(b, &Limits::default()).expect("decodes");
+    let snap = wire::decode(b, &LIMITS).expect("decodes");
     black_box(snap);
 }
 
@@ -126,7 +135,7 @@ fn ratios(bodies: &[(String, Vec<u8>)], quick: bool) {
         let (v, r) = side_by_side(
             &|| validate(b),
             &|| {
-                black_box(wire::decode_reference(b, &Limits::default()).expect("decodes"));
+                black_box(wire::decode_reference(b, &LIMITS).expect("decodes"));
             },
             1,
             quick,
