@@ -19,8 +19,8 @@ use crate::config::{Config, InstanceConfig};
 use crate::credentials::CredentialProvider;
 use crate::das::DasClient;
 use crate::discovery::{self, SourceKey};
-use crate::exposition::{BlockWriter, Fam, Format};
-use crate::fleet::{self, Sharding};
+use crate::fleet;
+use crate::metrics::ProcessMetrics;
 use crate::scheduler::Scheduler;
 use crate::server::{app, AppState};
 use crate::source::Source;
@@ -74,12 +74,13 @@ pub async fn run_with_web(
     let addr = listener.local_addr()?;
 
     let store = Arc::new(Store::new());
+    let metrics = ProcessMetrics::default();
     let inventory = Arc::new(
         discovery::Shared::new(
             credentials.clone(),
             cfg.das.timeout,
             cfg.das.max_body_bytes,
-            store.clone(),
+            metrics.clone(),
         )
         .context("building the HTTP client")?,
     );
@@ -91,14 +92,14 @@ pub async fn run_with_web(
     });
     tokio::spawn(publish_credential_health(
         credentials.clone(),
-        store.clone(),
+        metrics.clone(),
         shutdown.clone(),
     ));
     let (tx, rx) = mpsc::channel(16);
     let control = tokio::spawn(control_loop(
         cfg.clone(),
         source,
-        store.clone(),
+        (store.clone(), metrics.clone()),
         reloader,
         (tx.clone(), rx),
         inventory,
@@ -112,7 +113,8 @@ pub async fn run_with_web(
         .as_ref()
         .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
     tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total_shards, interval = ?cfg.poll.interval, "serving /metrics");
-    let router = app(AppState::new(store).with_control(tx));
+    let bodies = Arc::new(crate::exposition::body_cache(store.clone(), &metrics));
+    let router = app(AppState::new(store, bodies).with_control(tx));
     webconfig::serve(listener, router, web.as_ref(), shutdown.clone())
         .await
         .context("HTTP server")?;
@@ -126,7 +128,7 @@ pub async fn run_with_web(
 async fn control_loop(
     mut cfg: Config,
     source: Arc<dyn Source>,
-    store: Arc<Store>,
+    (store, metrics): (Arc<Store>, ProcessMetrics),
     reloader: Option<Reloader>,
     (tx, mut rx): (ControlSender, mpsc::Receiver<Control>),
     inventory: Arc<discovery::Shared>,
@@ -142,12 +144,18 @@ async fn control_loop(
         tx.clone(),
         &shutdown,
     );
-    let mut scheduler = Scheduler::new(source, store.clone(), &cfg, shutdown.clone());
+    let mut scheduler = Scheduler::new(
+        source,
+        store.clone(),
+        metrics.clone(),
+        &cfg,
+        shutdown.clone(),
+    );
     let apply = |scheduler: &mut Scheduler,
                  cfg: &Config,
                  discovered: &BTreeMap<String, Vec<InstanceConfig>>| {
         let sharding = cfg.sharding.sharding();
-        publish_sharding(&store, sharding);
+        metrics.sharding(sharding.shard, sharding.total);
         let mut effective = cfg.clone();
         effective.instances = fleet::effective(&cfg.instances, discovered, sharding);
         scheduler.apply(&effective);
@@ -157,7 +165,7 @@ async fn control_loop(
     };
     apply(&mut scheduler, &cfg, &discovered);
     store.mark_initialized();
-    publish_reload_status(&store, true);
+    metrics.config_loaded(true, SystemTime::now());
 
     loop {
         let msg = tokio::select! {
@@ -210,7 +218,7 @@ async fn control_loop(
                         tracing::error!(error = %reason, "reload rejected; the previous configuration stays in force")
                     }
                 }
-                publish_reload_status(&store, outcome.is_ok());
+                metrics.config_loaded(outcome.is_ok(), SystemTime::now());
                 if let Some(r) = reply {
                     let _ = r.send(outcome);
                 }
@@ -242,49 +250,19 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     }
 }
 
-/// Remembered across reloads: when the configuration was last (re)loaded successfully.
-static LAST_RELOAD_OK: std::sync::Mutex<f64> = std::sync::Mutex::new(0.0);
-
-fn publish_reload_status(store: &Store, ok: bool) {
-    let mut last = LAST_RELOAD_OK.lock().unwrap_or_else(|p| p.into_inner());
-    if ok {
-        *last = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-    }
-    let blocks = Format::ALL.map(|fmt| {
-        let mut w = BlockWriter::new(fmt, None);
-        w.gauge(Fam::ConfigReloadSuccessful, &[], u64::from(ok));
-        w.gauge(Fam::ConfigReloadTimestamp, &[], *last);
-        w.finish()
-    });
-    store.publish_global("reload", blocks);
-}
-
-/// `redis_session_exporter_shard_ordinal` and `…_total_shards`.
-fn publish_sharding(store: &Store, sharding: Sharding) {
-    let blocks = Format::ALL.map(|fmt| {
-        let mut w = BlockWriter::new(fmt, None);
-        w.gauge(Fam::ShardOrdinal, &[], u64::from(sharding.shard));
-        w.gauge(Fam::TotalShards, &[], u64::from(sharding.total));
-        w.finish()
-    });
-    store.publish_global("sharding", blocks);
-}
-
 /// Publishes the credential provider's health (expiry, error counts) each time a provider says
 /// it changed, so providers need no knowledge of the store.
 async fn publish_credential_health(
     credentials: Arc<dyn CredentialProvider>,
-    store: Arc<Store>,
+    metrics: ProcessMetrics,
     shutdown: CancellationToken,
 ) {
     let mut last = None;
+    let mut seen = BTreeMap::new();
     loop {
         let rows = credentials.health();
         if last.as_ref() != Some(&rows) {
-            publish_credential_rows(&store, &rows);
+            publish_credential_rows(&metrics, &rows, &mut seen);
             last = Some(rows);
         }
         tokio::select! {
@@ -296,25 +274,26 @@ async fn publish_credential_health(
     }
 }
 
-fn publish_credential_rows(store: &Store, rows: &[crate::credentials::Health]) {
-    {
-        let blocks = Format::ALL.map(|fmt| {
-            let mut w = BlockWriter::new(fmt, None);
-            for r in rows {
-                if let Some(t) = r.expiry {
-                    let unix = t
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64();
-                    w.gauge(Fam::CredentialsExpiry, &[("provider", r.provider)], unix);
-                }
-            }
-            for r in rows {
-                w.counter(Fam::CredentialErrors, &[("provider", r.provider)], r.errors);
-            }
-            w.finish()
-        });
-        store.publish_global("credentials", blocks);
+/// Turns provider health rows into the credential metrics: the expiry as given, the error
+/// counts as increments since the rows seen before.
+fn publish_credential_rows(
+    metrics: &ProcessMetrics,
+    rows: &[crate::credentials::Health],
+    seen: &mut BTreeMap<&'static str, u64>,
+) {
+    seen.retain(|p, _| {
+        let keep = rows.iter().any(|r| r.provider == *p);
+        if !keep {
+            metrics.forget_credential_provider(p);
+        }
+        keep
+    });
+    for r in rows {
+        metrics.credentials_obtained(r.provider, r.expiry);
+        let before = seen.insert(r.provider, r.errors).unwrap_or(0);
+        for _ in before..r.errors {
+            metrics.credential_error(r.provider);
+        }
     }
 }
 

@@ -20,9 +20,8 @@ use crate::config::{check_label_name, InstanceConfig, KeyError, SourceKind};
 use crate::credentials::{CredentialProvider, Credentials, ExposeSecret};
 use crate::daemon::{Control, ControlSender};
 use crate::das::{client, sign};
-use crate::exposition::{BlockWriter, Fam, Format};
+use crate::metrics::ProcessMetrics;
 use crate::source::PollError;
-use crate::store::Store;
 
 /// R-KVStore's action and API version.
 pub const ACTION: &str = "DescribeInstances";
@@ -450,8 +449,7 @@ impl SourceKey {
 struct PairStats {
     /// Instances of the last successful refresh.
     instances: Option<usize>,
-    errors: BTreeMap<String, u64>,
-    last_success: f64,
+    last_success: Option<SystemTime>,
 }
 
 /// What every discovery task shares: the HTTP client, credentials, the metrics they feed.
@@ -460,7 +458,7 @@ pub struct Shared {
     credentials: Arc<dyn CredentialProvider>,
     timeout: Duration,
     max_body_bytes: u64,
-    store: Arc<Store>,
+    metrics: ProcessMetrics,
     stats: Mutex<BTreeMap<(usize, String), PairStats>>,
 }
 
@@ -478,7 +476,7 @@ impl Shared {
         credentials: Arc<dyn CredentialProvider>,
         timeout: Duration,
         max_body_bytes: u64,
-        store: Arc<Store>,
+        metrics: ProcessMetrics,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!(
@@ -492,7 +490,7 @@ impl Shared {
             credentials,
             timeout,
             max_body_bytes,
-            store,
+            metrics,
             stats: Mutex::new(BTreeMap::new()),
         })
     }
@@ -503,54 +501,39 @@ impl Shared {
 
     /// Forgets pairs no longer configured, so their region's series go away.
     fn retain(&self, blocks: &[DiscoveryConfig]) {
-        self.stats().retain(|(b, r), _| {
-            blocks
-                .get(*b)
-                .is_some_and(|d| d.regions.iter().any(|x| x == r))
-        });
+        let gone: Vec<String> = {
+            let mut stats = self.stats();
+            let before: BTreeSet<String> = stats.keys().map(|(_, r)| r.clone()).collect();
+            stats.retain(|(b, r), _| {
+                blocks
+                    .get(*b)
+                    .is_some_and(|d| d.regions.iter().any(|x| x == r))
+            });
+            let after: BTreeSet<String> = stats.keys().map(|(_, r)| r.clone()).collect();
+            before.difference(&after).cloned().collect()
+        };
+        for region in gone {
+            self.metrics.forget_region(&region);
+        }
         self.publish();
     }
 
-    /// Publishes the per-region series: instances and errors summed over the blocks of a
-    /// region, the newest success.
+    /// Publishes the per-region gauges: instances summed over the blocks of a region, the
+    /// newest success.
     fn publish(&self) {
-        let mut by_region: BTreeMap<String, PairStats> = BTreeMap::new();
+        let mut by_region: BTreeMap<String, (u64, SystemTime)> = BTreeMap::new();
         for ((_, region), s) in self.stats().iter() {
-            let r = by_region.entry(region.clone()).or_default();
-            if let Some(n) = s.instances {
-                r.instances = Some(r.instances.unwrap_or(0) + n);
+            if let (Some(n), Some(at)) = (s.instances, s.last_success) {
+                let r = by_region
+                    .entry(region.clone())
+                    .or_insert((0, SystemTime::UNIX_EPOCH));
+                r.0 += n as u64;
+                r.1 = r.1.max(at);
             }
-            for (code, n) in &s.errors {
-                *r.errors.entry(code.clone()).or_insert(0) += n;
-            }
-            r.last_success = r.last_success.max(s.last_success);
         }
-        let blocks = Format::ALL.map(|fmt| {
-            let mut w = BlockWriter::new(fmt, None);
-            for (region, s) in &by_region {
-                if let Some(n) = s.instances {
-                    w.gauge(Fam::DiscoveryInstances, &[("region", region)], n as u64);
-                }
-            }
-            for (region, s) in &by_region {
-                for (code, n) in &s.errors {
-                    w.counter(
-                        Fam::DiscoveryErrors,
-                        &[("region", region), ("code", code)],
-                        *n,
-                    );
-                }
-            }
-            for (region, s) in &by_region {
-                w.gauge(
-                    Fam::DiscoveryLastSuccess,
-                    &[("region", region)],
-                    s.last_success,
-                );
-            }
-            w.finish()
-        });
-        self.store.publish_global("discovery", blocks);
+        for (region, (n, at)) in by_region {
+            self.metrics.discovery_refreshed(&region, n, at);
+        }
     }
 
     /// One request for one page, classified.
@@ -694,10 +677,7 @@ async fn run_pair(
                     let mut stats = shared.stats();
                     let s = stats.entry(pair.clone()).or_default();
                     s.instances = Some(n);
-                    s.last_success = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64();
+                    s.last_success = Some(SystemTime::now());
                 }
                 tracing::debug!(region = %key.region, block = key.block, instances = n, "discovery refreshed");
                 let msg = Control::Discovered {
@@ -713,13 +693,8 @@ async fn run_pair(
                 let code = e.code().into_owned();
                 tracing::warn!(region = %key.region, block = key.block, code = %code, error = %e,
                     "discovery refresh failed; keeping the last known instances");
-                *shared
-                    .stats()
-                    .entry(pair.clone())
-                    .or_default()
-                    .errors
-                    .entry(code)
-                    .or_insert(0) += 1;
+                shared.stats().entry(pair.clone()).or_default();
+                shared.metrics.discovery_failed(&key.region, &code);
             }
         }
         shared.publish();

@@ -31,6 +31,7 @@ pub mod direct;
 pub mod discovery;
 pub mod exposition;
 pub mod fleet;
+pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod simulator;
