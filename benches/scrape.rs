@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use redis_session_exporter::das::wire;
-use redis_session_exporter::exposition::{self, Format};
+use redis_session_exporter::exposition::{self, Encoding, Format};
 use redis_session_exporter::metrics::ProcessMetrics;
 use redis_session_exporter::simulator::data;
 use redis_session_exporter::snapshot::Limits;
@@ -102,9 +102,9 @@ fn main() {
             b.iter(|| black_box(gzip(p.as_bytes())))
         });
         let cache = Arc::new(exposition::body_cache(st.clone(), &metrics));
-        rt.block_on(cache.gzip(fmt)).unwrap();
+        rt.block_on(cache.body(fmt, Encoding::Gzip)).unwrap();
         g.bench_function(BenchmarkId::new("cached", n), |b| {
-            b.iter(|| black_box(rt.block_on(cache.gzip(fmt))))
+            b.iter(|| black_box(rt.block_on(cache.body(fmt, Encoding::Gzip))))
         });
     }
     g.finish();

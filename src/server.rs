@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::daemon::{Control, ControlSender};
-use crate::exposition::{BodyCache, Format};
+use crate::exposition::{BodyCache, Encoding, Format};
 use crate::store::{Status, Store};
 
 /// What the handlers share.
@@ -99,19 +99,19 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let fmt = negotiate(get(header::ACCEPT));
     let gzip = accepts_gzip(get(header::ACCEPT_ENCODING));
 
-    let body = if gzip {
-        st.bodies.gzip(fmt).await
+    let enc = if gzip {
+        Encoding::Gzip
     } else {
-        st.bodies.plain(fmt).await
+        Encoding::Identity
     };
-    let Ok(body) = body else {
+    let Ok(body) = st.bodies.body(fmt, enc).await else {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             "encoding the metrics failed\n",
         )
             .into_response();
     };
-    let mut resp = body.into_response();
+    let mut resp = body.bytes.clone().into_response();
     if gzip {
         resp.headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));

@@ -1,12 +1,13 @@
-//! One encoded body per format, shared by every scrape until what it shows changes.
+//! One encoded body per change, format and encoding, shared by every scrape until what it shows
+//! changes.
 //!
 //! Encoding a fleet's exposition costs milliseconds (13 MB at 1,000 instances) and compressing it
 //! about as much again, so neither happens per scrape: a body is built at most once per change
-//! (the store's generation plus the process metrics' version, see [`BodyCache::new`]) and format,
-//! one build at a time, on the blocking pool. Plain and gzip bodies are `Bytes` shared by every
-//! scrape that serves them, so a hundred slow readers hold one copy, not a hundred. The gzip body
-//! is made from the plain one, once, by the first scrape that asks for it (or by the build itself
-//! when the previous body was asked for compressed).
+//! (the store's generation plus the process metrics' version, see [`BodyCache::new`]), format and
+//! encoding, one build at a time, on the blocking pool. Bodies are `Bytes` shared by every scrape
+//! that serves them, so a hundred slow readers hold one copy, not a hundred. A gzip body is
+//! encoded straight into the compressor: the 13 MB plain text is never held unless a plain scrape
+//! asks for it.
 //!
 //! Freshness: when building is quick (a small fleet: under [`QUICK_BUILD`]), every scrape waits
 //! for a body that shows everything published before it arrived. When it is slow (a large fleet
@@ -15,14 +16,14 @@
 //! and the body is never more than one build behind.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
 
-use super::{encode, Format};
+use super::{encode, encode_to, Format};
 
 /// How old a body may be and still be served while a newer one is built (slow builds only).
 pub const MAX_STALE: Duration = Duration::from_secs(1);
@@ -30,8 +31,19 @@ pub const MAX_STALE: Duration = Duration::from_secs(1);
 /// Builds that took less than this are waited for, so a scrape always shows the current state.
 pub const QUICK_BUILD: Duration = Duration::from_millis(5);
 
-/// Encoding failed (a bug: prometheus-client only fails when its writer does, and a `String`
-/// never does), or the build task panicked.
+/// A body's content coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+impl Encoding {
+    pub const ALL: [Encoding; 2] = [Encoding::Identity, Encoding::Gzip];
+}
+
+/// Encoding failed (a bug: prometheus-client only fails when its writer does, and neither a
+/// `String` nor a compressor into a `Vec` does), or the build task panicked.
 #[derive(Debug, thiserror::Error)]
 #[error("encoding the exposition failed")]
 pub struct EncodeError;
@@ -44,33 +56,13 @@ pub struct Body {
     pub key: u64,
     /// When the build started: the state it shows is at least this recent.
     pub built: Instant,
-    pub plain: Bytes,
-    gzip: OnceLock<Bytes>,
-}
-
-impl Body {
-    /// The gzip body, compressed now unless that was done before. Blocks: call it from the
-    /// blocking pool.
-    fn gzip_now(&self) -> Bytes {
-        self.gzip
-            .get_or_init(|| {
-                use std::io::Write as _;
-                let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(self.plain.len() / 8 + 1024),
-                    flate2::Compression::fast(),
-                );
-                // Writing into a Vec cannot fail.
-                let _ = enc.write_all(&self.plain);
-                Bytes::from(enc.finish().unwrap_or_default())
-            })
-            .clone()
-    }
+    pub bytes: Bytes,
 }
 
 #[derive(Debug, Default)]
 struct Slot {
     body: ArcSwapOption<Body>,
-    /// Held while a body of this format is built: one build at a time.
+    /// Held while this slot's body is built: one build at a time.
     building: Arc<tokio::sync::Mutex<()>>,
     /// How long the last build took, in microseconds.
     last_build_us: AtomicU64,
@@ -80,7 +72,8 @@ struct Slot {
 pub struct BodyCache {
     registry: Registry,
     key: Box<dyn Fn() -> u64 + Send + Sync>,
-    slots: [Slot; 2],
+    /// Indexed by format, then encoding.
+    slots: [[Slot; 2]; 2],
 }
 
 impl std::fmt::Debug for BodyCache {
@@ -103,26 +96,18 @@ impl BodyCache {
         }
     }
 
-    /// The plain body of `fmt`.
-    pub async fn plain(self: &Arc<Self>, fmt: Format) -> Result<Bytes, EncodeError> {
-        Ok(self.body(fmt).await?.plain.clone())
+    fn slot(&self, fmt: Format, enc: Encoding) -> &Slot {
+        &self.slots[fmt as usize][enc as usize]
     }
 
-    /// The gzip body of `fmt`.
-    pub async fn gzip(self: &Arc<Self>, fmt: Format) -> Result<Bytes, EncodeError> {
-        let body = self.body(fmt).await?;
-        if let Some(gz) = body.gzip.get() {
-            return Ok(gz.clone());
-        }
-        tokio::task::spawn_blocking(move || body.gzip_now())
-            .await
-            .map_err(|_| EncodeError)
-    }
-
-    /// The body of `fmt` to serve now (see the module docs for which one).
-    pub async fn body(self: &Arc<Self>, fmt: Format) -> Result<Arc<Body>, EncodeError> {
+    /// The body to serve now in `fmt` and `enc` (see the module docs for which one).
+    pub async fn body(
+        self: &Arc<Self>,
+        fmt: Format,
+        enc: Encoding,
+    ) -> Result<Arc<Body>, EncodeError> {
         let key = (self.key)();
-        let slot = &self.slots[fmt as usize];
+        let slot = self.slot(fmt, enc);
         let current = slot.body.load_full();
         if let Some(b) = current.as_ref().filter(|b| b.key >= key) {
             return Ok(b.clone());
@@ -133,7 +118,7 @@ impl BodyCache {
                 let this = self.clone();
                 tokio::task::spawn_blocking(move || {
                     let _guard = guard;
-                    this.build(fmt)
+                    this.build(fmt, enc)
                 });
             }
             return Ok(b);
@@ -146,7 +131,7 @@ impl BodyCache {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            this.build(fmt)
+            this.build(fmt, enc)
         })
         .await
         .map_err(|_| EncodeError)?
@@ -154,33 +139,50 @@ impl BodyCache {
 
     /// Encodes a body and makes it the current one. Called with the slot's build lock held, on
     /// the blocking pool; it finishes and publishes even when the scrape that asked has gone.
-    fn build(&self, fmt: Format) -> Result<Arc<Body>, EncodeError> {
-        let slot = &self.slots[fmt as usize];
+    fn build(&self, fmt: Format, enc: Encoding) -> Result<Arc<Body>, EncodeError> {
+        let slot = self.slot(fmt, enc);
         let started = Instant::now();
         // Read before encoding: the body shows at least this; a change during the encode only
         // means one more build later.
         let key = (self.key)();
-        let previous = slot.body.load_full();
-        let hint = previous.as_ref().map_or(0, |b| b.plain.len());
-        let text = encode(fmt, &self.registry, hint).map_err(|e| {
+        let hint = slot.body.load().as_ref().map_or(0, |b| b.bytes.len());
+        let bytes = match enc {
+            Encoding::Identity => encode(fmt, &self.registry, hint).map(Bytes::from),
+            Encoding::Gzip => gzip(fmt, &self.registry, hint).map(Bytes::from),
+        }
+        .map_err(|e| {
             tracing::error!(error = %e, "encoding /metrics failed");
             EncodeError
         })?;
         let body = Arc::new(Body {
             key,
             built: started,
-            plain: Bytes::from(text),
-            gzip: OnceLock::new(),
+            bytes,
         });
-        // Prometheus asks for gzip every time: compress before publishing, so no scrape waits.
-        if previous.is_some_and(|p| p.gzip.get().is_some()) {
-            body.gzip_now();
-        }
         slot.last_build_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         slot.body.store(Some(body.clone()));
         Ok(body)
     }
+}
+
+/// Encodes `registry` straight into a gzip stream (level 1: the body is rebuilt often, and
+/// level 1 already takes it from 13 MB to 1 MB).
+fn gzip(fmt: Format, registry: &Registry, size_hint: usize) -> Result<Vec<u8>, std::fmt::Error> {
+    /// prometheus-client writes through `fmt::Write`, in chunks of about 4 KiB.
+    struct Compress(flate2::write::GzEncoder<Vec<u8>>);
+    impl std::fmt::Write for Compress {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            use std::io::Write as _;
+            self.0.write_all(s.as_bytes()).map_err(|_| std::fmt::Error)
+        }
+    }
+    let mut w = Compress(flate2::write::GzEncoder::new(
+        Vec::with_capacity(size_hint + size_hint / 16),
+        flate2::Compression::fast(),
+    ));
+    encode_to(fmt, registry, &mut w)?;
+    w.0.finish().map_err(|_| std::fmt::Error)
 }
 
 #[cfg(test)]
@@ -189,11 +191,11 @@ mod tests {
     use crate::metrics::ProcessMetrics;
     use crate::store::{InstanceEntry, InstanceSeries, Status, Store};
 
-    fn gunzip(b: &[u8]) -> Vec<u8> {
+    fn gunzip(b: &[u8]) -> String {
         use std::io::Read as _;
-        let mut out = Vec::new();
+        let mut out = String::new();
         flate2::read::MultiGzDecoder::new(b)
-            .read_to_end(&mut out)
+            .read_to_string(&mut out)
             .expect("valid gzip");
         out
     }
@@ -214,116 +216,130 @@ mod tests {
         (store, metrics, cache)
     }
 
-    fn text(b: &Bytes) -> String {
-        String::from_utf8(b.to_vec()).unwrap()
+    /// The body's text (gzip bodies decompressed).
+    async fn text(cache: &Arc<BodyCache>, fmt: Format, enc: Encoding) -> String {
+        let b = cache.body(fmt, enc).await.unwrap();
+        match enc {
+            Encoding::Identity => String::from_utf8(b.bytes.to_vec()).unwrap(),
+            Encoding::Gzip => gunzip(&b.bytes),
+        }
     }
 
     #[tokio::test]
-    async fn one_body_per_change_and_format_shared_by_every_scrape() {
+    async fn one_body_per_change_format_and_encoding_shared_by_every_scrape() {
         let (_store, _metrics, cache) = setup();
         for fmt in Format::ALL {
-            let plain = cache.plain(fmt).await.unwrap();
-            let gz = cache.gzip(fmt).await.unwrap();
             assert_eq!(
-                gunzip(&gz),
-                plain,
-                "{fmt:?}: the gzip body is the plain one"
+                text(&cache, fmt, Encoding::Gzip).await,
+                text(&cache, fmt, Encoding::Identity).await,
+                "{fmt:?}: the gzip body holds the plain one"
             );
-            let (plain2, gz2) = (
-                cache.plain(fmt).await.unwrap(),
-                cache.gzip(fmt).await.unwrap(),
-            );
-            assert_eq!(
-                plain.as_ptr(),
-                plain2.as_ptr(),
-                "{fmt:?}: the same plain bytes"
-            );
-            assert_eq!(gz.as_ptr(), gz2.as_ptr(), "{fmt:?}: the same gzip bytes");
+            for enc in Encoding::ALL {
+                let a = cache.body(fmt, enc).await.unwrap();
+                let b = cache.body(fmt, enc).await.unwrap();
+                assert_eq!(
+                    a.bytes.as_ptr(),
+                    b.bytes.as_ptr(),
+                    "{fmt:?} {enc:?}: the same bytes"
+                );
+            }
         }
-        let om = text(&cache.plain(Format::OpenMetrics).await.unwrap());
+        let om = text(&cache, Format::OpenMetrics, Encoding::Identity).await;
         assert!(om.ends_with("# EOF\n"));
-        assert!(!text(&cache.plain(Format::Text).await.unwrap()).contains("# EOF"));
+        let plain = text(&cache, Format::Text, Encoding::Identity).await;
+        assert!(!plain.contains("# EOF") && plain.contains("r-a"), "{plain}");
     }
 
     #[tokio::test]
     async fn quick_builds_always_show_the_latest_change() {
         let (store, metrics, cache) = setup();
-        let first = cache.plain(Format::Text).await.unwrap();
+        for enc in Encoding::ALL {
+            text(&cache, Format::Text, enc).await;
+        }
         // A publish, then a process-wide event: each shows on the very next scrape.
         store.publish(entry("r-b"));
-        let second = cache.plain(Format::Text).await.unwrap();
-        assert!(text(&second).contains("r-b"), "{}", text(&second));
-        assert_ne!(first.as_ptr(), second.as_ptr());
+        for enc in Encoding::ALL {
+            assert!(
+                text(&cache, Format::Text, enc).await.contains("r-b"),
+                "{enc:?}"
+            );
+        }
         metrics.config_loaded(false, std::time::SystemTime::now());
-        let third = cache.gzip(Format::Text).await.unwrap();
-        assert!(String::from_utf8(gunzip(&third))
-            .unwrap()
-            .contains("redis_session_exporter_config_last_reload_successful 0\n"),);
+        for enc in Encoding::ALL {
+            assert!(
+                text(&cache, Format::Text, enc)
+                    .await
+                    .contains("redis_session_exporter_config_last_reload_successful 0\n"),
+                "{enc:?}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn concurrent_scrapes_share_one_build() {
         let (store, _metrics, cache) = setup();
-        cache.plain(Format::Text).await.unwrap();
+        cache.body(Format::Text, Encoding::Gzip).await.unwrap();
         store.publish(entry("r-b"));
         let scrapes: Vec<_> = (0..16)
             .map(|_| {
                 let c = cache.clone();
-                tokio::spawn(async move { c.plain(Format::Text).await.unwrap() })
+                tokio::spawn(async move { c.body(Format::Text, Encoding::Gzip).await.unwrap() })
             })
             .collect();
         let mut bodies = Vec::new();
         for s in scrapes {
             bodies.push(s.await.unwrap());
         }
-        assert!(bodies.iter().all(|b| text(b).contains("r-b")));
-        let distinct: std::collections::HashSet<_> = bodies.iter().map(|b| b.as_ptr()).collect();
+        assert!(bodies.iter().all(|b| gunzip(&b.bytes).contains("r-b")));
+        let distinct: std::collections::HashSet<_> =
+            bodies.iter().map(|b| b.bytes.as_ptr()).collect();
         assert_eq!(distinct.len(), 1, "16 scrapes of one change, one build");
     }
 
     #[tokio::test]
     async fn slow_builds_serve_a_young_body_while_the_next_is_built() {
         let (store, _metrics, cache) = setup();
-        let old = cache.gzip(Format::OpenMetrics).await.unwrap();
+        let (fmt, enc) = (Format::OpenMetrics, Encoding::Gzip);
+        let old = cache.body(fmt, enc).await.unwrap();
         // As if building took long (a large fleet).
-        let slot = &cache.slots[Format::OpenMetrics as usize];
+        let slot = cache.slot(fmt, enc);
         slot.last_build_us.store(1_000_000, Ordering::Relaxed);
         store.publish(entry("r-b"));
-        let served = cache.gzip(Format::OpenMetrics).await.unwrap();
-        assert_eq!(served.as_ptr(), old.as_ptr(), "the young body, at once");
-        // The build started in the background lands; it was compressed before it was published
-        // because the previous body had been asked for compressed.
+        let served = cache.body(fmt, enc).await.unwrap();
+        assert!(Arc::ptr_eq(&served, &old), "the young body, at once");
+        // The build started in the background lands.
         let mut fresh = None;
         for _ in 0..500 {
             let b = slot.body.load_full().unwrap();
-            if b.key > 1 && b.gzip.get().is_some() {
+            if b.key > old.key {
                 fresh = Some(b);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let fresh = fresh.expect("the background build lands");
-        assert!(text(&fresh.plain).contains("r-b"));
-        let served = cache.gzip(Format::OpenMetrics).await.unwrap();
-        assert_eq!(served.as_ptr(), fresh.gzip.get().unwrap().as_ptr());
+        assert!(gunzip(&fresh.bytes).contains("r-b"));
+        assert!(Arc::ptr_eq(&cache.body(fmt, enc).await.unwrap(), &fresh));
     }
 
     #[tokio::test]
     async fn slow_builds_still_wait_when_the_body_is_old() {
         let (store, _metrics, cache) = setup();
-        cache.plain(Format::Text).await.unwrap();
-        let slot = &cache.slots[Format::Text as usize];
+        let (fmt, enc) = (Format::Text, Encoding::Identity);
+        cache.body(fmt, enc).await.unwrap();
+        let slot = cache.slot(fmt, enc);
         slot.last_build_us.store(1_000_000, Ordering::Relaxed);
         // Age the body past MAX_STALE.
         let b = slot.body.load_full().unwrap();
         slot.body.store(Some(Arc::new(Body {
             key: b.key,
             built: Instant::now() - MAX_STALE - Duration::from_millis(1),
-            plain: b.plain.clone(),
-            gzip: OnceLock::new(),
+            bytes: b.bytes.clone(),
         })));
         store.publish(entry("r-b"));
-        let served = cache.plain(Format::Text).await.unwrap();
-        assert!(text(&served).contains("r-b"), "an old body is not served");
+        assert!(
+            text(&cache, fmt, enc).await.contains("r-b"),
+            "an old body is not served"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Prometheus exposition on prometheus-client: one [`Registry`] holds the process-wide metrics
 //! (`crate::metrics`) and an [`InstanceCollector`] that writes the per-instance families from the
 //! store at encode time; prometheus-client encodes it in either text format; [`BodyCache`] keeps
-//! one encoded body per change and format.
+//! one encoded body per change, format and encoding.
 //!
 //! No sample line, label escaping, number formatting, `# HELP`/`# TYPE` line or `# EOF` is
 //! written here: prometheus-client writes all of them.
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::registry::Registry;
 
-pub use cache::{Body, BodyCache, EncodeError, MAX_STALE, QUICK_BUILD};
+pub use cache::{Body, BodyCache, EncodeError, Encoding, MAX_STALE, QUICK_BUILD};
 pub use collector::{encode_instances, InstanceCollector};
 pub use families::{Fam, FamilyDef, Kind, FAMILIES};
 
@@ -65,11 +65,20 @@ pub fn encode(
     size_hint: usize,
 ) -> Result<String, std::fmt::Error> {
     let mut out = String::with_capacity(size_hint + size_hint / 16);
-    match fmt {
-        Format::Text => prometheus_text::encode(&mut out, registry)?,
-        Format::OpenMetrics => text::encode(&mut out, registry)?,
-    }
+    encode_to(fmt, registry, &mut out)?;
     Ok(out)
+}
+
+/// Encodes `registry` in `fmt` into any writer (a compressor, say).
+pub fn encode_to(
+    fmt: Format,
+    registry: &Registry,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), std::fmt::Error> {
+    match fmt {
+        Format::Text => prometheus_text::encode(out, registry),
+        Format::OpenMetrics => text::encode(out, registry),
+    }
 }
 
 #[cfg(test)]
