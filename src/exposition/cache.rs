@@ -12,8 +12,10 @@
 //! Freshness: when building is quick (a small fleet: under [`QUICK_BUILD`]), every scrape waits
 //! for a body that shows everything published before it arrived. When it is slow (a large fleet
 //! scraped often, where polls land many times a second), a body younger than [`MAX_STALE`] is
-//! served at once while the next one is built in the background, so no scrape pays for a build
-//! and the body is never more than one build behind.
+//! served at once, and once it is older than [`REBUILD_AFTER`] the next one is built in the
+//! background: no scrape pays for a build, and however many scrapers there are, building takes
+//! at most one build per [`REBUILD_AFTER`] and format. A scrape that waits takes the first body
+//! built after it arrived, so scrapers waiting together share one build.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +29,9 @@ use super::{encode, encode_to, Format};
 
 /// How old a body may be and still be served while a newer one is built (slow builds only).
 pub const MAX_STALE: Duration = Duration::from_secs(1);
+
+/// How old a body gets before a newer one is built in the background (slow builds only).
+pub const REBUILD_AFTER: Duration = Duration::from_millis(500);
 
 /// Builds that took less than this are waited for, so a scrape always shows the current state.
 pub const QUICK_BUILD: Duration = Duration::from_millis(5);
@@ -106,6 +111,7 @@ impl BodyCache {
         fmt: Format,
         enc: Encoding,
     ) -> Result<Arc<Body>, EncodeError> {
+        let arrived = Instant::now();
         let key = (self.key)();
         let slot = self.slot(fmt, enc);
         let current = slot.body.load_full();
@@ -114,6 +120,9 @@ impl BodyCache {
         }
         let slow = slot.last_build_us.load(Ordering::Relaxed) >= QUICK_BUILD.as_micros() as u64;
         if let Some(b) = current.filter(|b| slow && b.built.elapsed() < MAX_STALE) {
+            if b.built.elapsed() < REBUILD_AFTER {
+                return Ok(b);
+            }
             if let Ok(guard) = slot.building.clone().try_lock_owned() {
                 let this = self.clone();
                 tokio::task::spawn_blocking(move || {
@@ -123,9 +132,14 @@ impl BodyCache {
             }
             return Ok(b);
         }
-        // Wait for a body at least as new as `key`: the build under way may be it.
+        // Wait for a body that shows at least what was published when this scrape arrived: the
+        // build under way may be it, or one that started while this scrape waited.
         let guard = slot.building.clone().lock_owned().await;
-        if let Some(b) = slot.body.load_full().filter(|b| b.key >= key) {
+        if let Some(b) = slot
+            .body
+            .load_full()
+            .filter(|b| b.key >= key || b.built >= arrived)
+        {
             return Ok(b);
         }
         let this = self.clone();
@@ -296,18 +310,40 @@ mod tests {
         assert_eq!(distinct.len(), 1, "16 scrapes of one change, one build");
     }
 
+    /// Makes the slot's body look `by` old.
+    fn age(slot: &Slot, by: Duration) -> Arc<Body> {
+        let b = slot.body.load_full().unwrap();
+        let aged = Arc::new(Body {
+            key: b.key,
+            built: Instant::now() - by,
+            bytes: b.bytes.clone(),
+        });
+        slot.body.store(Some(aged.clone()));
+        aged
+    }
+
     #[tokio::test]
-    async fn slow_builds_serve_a_young_body_while_the_next_is_built() {
+    async fn slow_builds_serve_a_young_body_and_rebuild_it_in_the_background() {
         let (store, _metrics, cache) = setup();
         let (fmt, enc) = (Format::OpenMetrics, Encoding::Gzip);
-        let old = cache.body(fmt, enc).await.unwrap();
+        cache.body(fmt, enc).await.unwrap();
         // As if building took long (a large fleet).
         let slot = cache.slot(fmt, enc);
         slot.last_build_us.store(1_000_000, Ordering::Relaxed);
         store.publish(entry("r-b"));
-        let served = cache.body(fmt, enc).await.unwrap();
-        assert!(Arc::ptr_eq(&served, &old), "the young body, at once");
-        // The build started in the background lands.
+        // Younger than REBUILD_AFTER: served, and nothing is built.
+        let young = age(slot, Duration::ZERO);
+        for _ in 0..3 {
+            assert!(Arc::ptr_eq(&cache.body(fmt, enc).await.unwrap(), &young));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            Arc::ptr_eq(&slot.body.load_full().unwrap(), &young),
+            "no build"
+        );
+        // Older than REBUILD_AFTER (but not MAX_STALE): served at once, rebuilt in the background.
+        let old = age(slot, REBUILD_AFTER + Duration::from_millis(1));
+        assert!(Arc::ptr_eq(&cache.body(fmt, enc).await.unwrap(), &old));
         let mut fresh = None;
         for _ in 0..500 {
             let b = slot.body.load_full().unwrap();
@@ -323,19 +359,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn slow_builds_still_wait_when_the_body_is_old() {
+    async fn slow_builds_still_wait_when_the_body_is_too_old() {
         let (store, _metrics, cache) = setup();
         let (fmt, enc) = (Format::Text, Encoding::Identity);
         cache.body(fmt, enc).await.unwrap();
         let slot = cache.slot(fmt, enc);
         slot.last_build_us.store(1_000_000, Ordering::Relaxed);
-        // Age the body past MAX_STALE.
-        let b = slot.body.load_full().unwrap();
-        slot.body.store(Some(Arc::new(Body {
-            key: b.key,
-            built: Instant::now() - MAX_STALE - Duration::from_millis(1),
-            bytes: b.bytes.clone(),
-        })));
+        age(slot, MAX_STALE + Duration::from_millis(1));
         store.publish(entry("r-b"));
         assert!(
             text(&cache, fmt, enc).await.contains("r-b"),

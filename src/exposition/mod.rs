@@ -15,7 +15,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::registry::Registry;
 
-pub use cache::{Body, BodyCache, EncodeError, Encoding, MAX_STALE, QUICK_BUILD};
+pub use cache::{Body, BodyCache, EncodeError, Encoding, MAX_STALE, QUICK_BUILD, REBUILD_AFTER};
 pub use collector::{encode_instances, InstanceCollector};
 pub use families::{Fam, FamilyDef, Kind, FAMILIES};
 
