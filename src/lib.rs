@@ -11,18 +11,23 @@
 //!   behind it), the HTTP client.
 //! - [`direct`]: the other source: `CLIENT LIST` read from the Redis nodes themselves.
 //! - [`source`]: the seam between the scheduler and any source, the shared throttle, retries.
+//! - [`attribution`]: client IPs named as Kubernetes workloads (kept by watchers) or networks.
 //! - [`snapshot`]: the fold from sessions to one instance's typed aggregate.
+//! - [`sticky`]: sticky top-N, so capped breakdowns do not flap at their boundary.
 //! - [`discovery`]: instances found in the cloud's inventory (R-KVStore `DescribeInstances`).
 //! - [`fleet`]: which instances this replica polls (configured, discovered, sharded).
 //! - [`scheduler`]: one task per instance on a jittered grid; publishes encoded results.
 //! - [`exposition`]: classic text and OpenMetrics, encoded once per poll.
 //! - [`store`]: the published state, swapped atomically, read by the server.
 //! - [`server`]: `/metrics`, `/`, `/healthz`, `/readyz`.
+//! - [`connections`]: how many HTTP connections are held, which one makes room, every timeout.
 //! - [`webconfig`]: `--web.config.file`: TLS and basic auth in front of every route.
 //! - [`daemon`]: wires the above together; [`simulator`] and [`demo`] run it without a cloud.
 #![forbid(unsafe_code)]
 
+pub mod attribution;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod daemon;
 pub mod das;
@@ -37,6 +42,7 @@ pub mod server;
 pub mod simulator;
 pub mod snapshot;
 pub mod source;
+pub mod sticky;
 pub mod store;
 pub mod telemetry;
 pub mod webconfig;

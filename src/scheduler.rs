@@ -112,10 +112,12 @@ impl Scheduler {
     pub fn apply(&mut self, cfg: &Config) {
         let old = self.settings.load();
         let mut next = Settings::from_config(cfg);
-        // Keep the throttle (and its rate history) unless its parameters changed.
-        if old.throttle.params() == next.throttle.params() {
-            next.throttle = old.throttle.clone();
-        }
+        // One throttle for the process, changed in place: polls already waiting for a slot
+        // (holding the old settings) must see new limits too. It keeps its rate history when the
+        // rate is unchanged.
+        old.throttle
+            .reconfigure(cfg.poll.concurrency, cfg.poll.max_requests_per_second);
+        next.throttle = old.throttle.clone();
         self.settings.store(Arc::new(next));
         self.interval.send_if_modified(|i| {
             let changed = *i != cfg.poll.interval;

@@ -9,11 +9,13 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::config::InstanceConfig;
@@ -101,40 +103,118 @@ pub fn sanitize_code(code: &str) -> String {
     }
 }
 
-/// Concurrency and start-rate limits shared by every poll of every instance.
+/// The shared limits every attempt passes: at most `concurrency` requests in flight and
+/// `per_second` starts per second. One lives for the whole process; a reload changes its limits in
+/// place ([`Throttle::reconfigure`]), so polls already waiting for a slot get the new limits at
+/// once instead of finishing their wait under the old ones.
 #[derive(Debug)]
 pub struct Throttle {
     permits: Semaphore,
-    rate: DefaultDirectRateLimiter,
-    params: (usize, u64),
+    /// Permits to retire as they come back, when a reload lowered the concurrency below what is
+    /// in flight.
+    debt: AtomicUsize,
+    rate: ArcSwap<DefaultDirectRateLimiter>,
+    /// Woken when the rate changes, so waits on the old limiter start over on the new one.
+    rate_changed: Notify,
+    params: Mutex<(usize, u64)>,
+}
+
+/// One request's slot; gives the permit back (or retires it, see [`Throttle::reconfigure`]) on drop.
+pub struct Permit<'a> {
+    permit: Option<SemaphorePermit<'a>>,
+    debt: &'a AtomicUsize,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let retire = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if let (true, Some(p)) = (retire, self.permit.take()) {
+            p.forget();
+        }
+    }
+}
+
+fn rate_limiter(per_second: f64) -> DefaultDirectRateLimiter {
+    let period = Duration::from_secs_f64(1.0 / per_second.max(1e-3));
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::MIN);
+    RateLimiter::direct(quota)
 }
 
 impl Throttle {
     /// `concurrency` requests in flight at most, `per_second` started per second at most, spaced
     /// evenly (a burst of one) so a thousand instances never fire together.
     pub fn new(concurrency: usize, per_second: f64) -> Self {
-        let period = Duration::from_secs_f64(1.0 / per_second.max(1e-3));
-        let quota = Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::MIN);
+        let concurrency = concurrency.max(1);
         Self {
-            permits: Semaphore::new(concurrency.max(1)),
-            rate: RateLimiter::direct(quota),
-            params: (concurrency, per_second.to_bits()),
+            permits: Semaphore::new(concurrency),
+            debt: AtomicUsize::new(0),
+            rate: ArcSwap::from_pointee(rate_limiter(per_second)),
+            rate_changed: Notify::new(),
+            params: Mutex::new((concurrency, per_second.to_bits())),
         }
     }
 
-    /// The parameters it was built with, to tell whether a reload changed them.
+    /// The parameters in force.
     pub fn params(&self) -> (usize, u64) {
-        self.params
+        *self.params.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies new limits in place. More concurrency frees slots now; less retires free slots now
+    /// and busy ones as their requests end. A new rate starts a fresh limiter (one start at once,
+    /// then the new spacing) and wakes every wait on the old one.
+    pub fn reconfigure(&self, concurrency: usize, per_second: f64) {
+        let concurrency = concurrency.max(1);
+        let mut params = self.params.lock().unwrap_or_else(|p| p.into_inner());
+        let (old, old_rate) = *params;
+        if concurrency > old {
+            let mut grow = concurrency - old;
+            // Unpaid debt is permits still in flight that were due to retire: cancel those first.
+            while grow > 0 {
+                match self
+                    .debt
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                {
+                    Ok(_) => grow -= 1,
+                    Err(_) => break,
+                }
+            }
+            self.permits.add_permits(grow);
+        } else if concurrency < old {
+            let shrink = old - concurrency;
+            let forgotten = self.permits.forget_permits(shrink);
+            self.debt.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+        if per_second.to_bits() != old_rate {
+            self.rate.store(Arc::new(rate_limiter(per_second)));
+            self.rate_changed.notify_waiters();
+        }
+        *params = (concurrency, per_second.to_bits());
     }
 
     /// Waits for a free slot and then for the rate limit; `None` if `deadline` passes first.
     /// Concurrency is taken first so that a request starts right after its rate token.
-    pub async fn acquire(&self, deadline: Instant) -> Option<SemaphorePermit<'_>> {
+    pub async fn acquire(&self, deadline: Instant) -> Option<Permit<'_>> {
         tokio::time::timeout_at(deadline, async {
-            let permit = self.permits.acquire().await.ok()?;
-            self.rate.until_ready().await;
+            let permit = Permit {
+                permit: Some(self.permits.acquire().await.ok()?),
+                debt: &self.debt,
+            };
+            loop {
+                // Armed before the limiter is read, so a change in between still wakes it.
+                let changed = self.rate_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let limiter = self.rate.load_full();
+                tokio::select! {
+                    _ = limiter.until_ready() => break,
+                    _ = changed => {}
+                }
+            }
             Some(permit)
         })
         .await
@@ -396,6 +476,47 @@ mod tests {
         .await;
         assert_eq!(r.unwrap_err().code(), "timeout");
         assert!(calls <= 2, "{calls} attempts in a 0.9 s budget");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reconfigured_limits_reach_polls_already_waiting() {
+        let far = || Instant::now() + Duration::from_secs(10);
+        // More concurrency lets a waiting acquirer in while the first slot is still held.
+        let t = Arc::new(Throttle::new(1, 1000.0));
+        let held = t.acquire(far()).await.unwrap();
+        let t2 = t.clone();
+        let waiting = tokio::spawn(async move { t2.acquire(far()).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        t.reconfigure(2, 1000.0);
+        assert!(
+            waiting.await.unwrap(),
+            "the waiting acquirer got the new slot"
+        );
+        drop(held);
+
+        // Less concurrency retires a slot when it comes back: with two held and the limit
+        // lowered to one, a third acquirer gets in only after both are back.
+        let t = Throttle::new(2, 1000.0);
+        let (a, b) = (
+            t.acquire(far()).await.unwrap(),
+            t.acquire(far()).await.unwrap(),
+        );
+        t.reconfigure(1, 1000.0);
+        drop(a);
+        let soon = || Instant::now() + Duration::from_millis(50);
+        assert!(t.acquire(soon()).await.is_none(), "one still in flight");
+        drop(b);
+        assert!(t.acquire(soon()).await.is_some());
+        assert_eq!(t.params().0, 1);
+
+        // A faster rate wakes an acquirer waiting on the old spacing (100 s).
+        let t = Arc::new(Throttle::new(4, 0.01));
+        drop(t.acquire(far()).await.unwrap());
+        let t2 = t.clone();
+        let waiting = tokio::spawn(async move { t2.acquire(far()).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        t.reconfigure(4, 1000.0);
+        assert!(waiting.await.unwrap(), "still waiting on the old rate");
     }
 
     #[tokio::test]

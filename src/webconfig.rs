@@ -20,10 +20,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -41,9 +40,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -638,99 +635,25 @@ async fn require_basic_auth(
     r
 }
 
-/// A handshake that takes longer than this is dropped (a stalled client must not hold a task).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves `router` on `listener` until `shutdown`: plain HTTP, or TLS and/or basic auth as
-/// `web` says. The daemon's one serving step; `server::app` stays socket-free for tests.
+/// `web` says, under the connection `limits`. The daemon's one serving step; `server::app`
+/// stays socket-free for tests.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     web: Option<&WebConfig>,
+    limits: crate::connections::Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = match web {
         Some(w) => w.protect(router),
         None => router,
     };
-    let graceful = shutdown.clone().cancelled_owned();
-    match web.and_then(|w| w.tls.clone()) {
-        None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(graceful)
-                .await
-        }
-        Some(tls) => {
-            let listener = TlsListener::start(listener, TlsAcceptor::from(tls), shutdown)?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(graceful)
-                .await
-        }
-    }
-}
-
-/// Hands finished TLS handshakes to axum. Handshakes run in their own tasks, so one slow or
-/// hostile client cannot hold up the accept loop.
-struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn start(
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    a = listener.accept() => a,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        // Scanners and misconfigured clients: worth a debug line, not a warning.
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept loop ended (shutdown): nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
+    // The handshake runs inside the connection's own task and slot, under its
+    // header_read_timeout, so a stalled or hostile client holds neither the accept loop nor
+    // more than one slot.
+    let tls = web.and_then(|w| w.tls.clone()).map(TlsAcceptor::from);
+    crate::connections::serve(listener, router, tls, limits, shutdown).await
 }
 
 #[cfg(test)]

@@ -67,7 +67,8 @@ impl Credentials {
     }
 
     /// Every string an error message or a log line must not contain, raw and percent-encoded
-    /// (single and double, as a gateway's `SignatureDoesNotMatch` message echoes the string to sign).
+    /// (single and double, as a gateway's `SignatureDoesNotMatch` message echoes the string to sign):
+    /// the secret, the token and the AccessKey id.
     pub fn sensitive_strings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut push = |s: &str| {
@@ -81,6 +82,7 @@ impl Credentials {
         if let Some(t) = &self.security_token {
             push(t.expose_secret());
         }
+        push(&self.access_key_id);
         out
     }
 }
@@ -319,10 +321,14 @@ mod tests {
 
     #[test]
     fn sensitive_strings_cover_encodings() {
-        let c = Credentials::new("id", "se/cr=t", Some("to+ken/=".into()));
+        let c = Credentials::new("STS.i/d", "se/cr=t", Some("to+ken/=".into()));
         let s = c.sensitive_strings();
         assert!(s.contains(&"to%2Bken%2F%3D".to_owned()));
         assert!(s.contains(&"to%252Bken%252F%253D".to_owned()));
+        assert!(
+            s.contains(&"STS.i%252Fd".to_owned()),
+            "the key id too: {s:?}"
+        );
     }
 }
 

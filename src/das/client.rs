@@ -241,8 +241,7 @@ pub(crate) fn transport_error(e: &reqwest::Error) -> PollError {
 /// Removes every secret (raw or percent-encoded) from an error's text: a gateway's
 /// `SignatureDoesNotMatch` message echoes the whole string to sign, token included.
 pub(crate) fn scrub(e: PollError, creds: &Credentials) -> PollError {
-    let mut needles = creds.sensitive_strings();
-    needles.push(creds.access_key_id.clone());
+    let needles = creds.sensitive_strings();
     let clean = |s: String| {
         needles
             .iter()

@@ -1,5 +1,7 @@
 //! The DAS `GetRedisAllSession` source: signing, the wire model, and the HTTP client.
 
+/// The answer's envelope and the session field table both decoders read.
+mod answer;
 pub mod client;
 /// The fast path of [`wire::decode`].
 mod scan;

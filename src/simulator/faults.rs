@@ -24,7 +24,8 @@ pub enum Fault {
     ServiceUnavailable,
     /// `InternalError`, HTTP 500.
     InternalError,
-    /// `SignatureDoesNotMatch`, as if the key were wrong.
+    /// `SignatureDoesNotMatch`, as if the key were wrong; the message echoes the request's string
+    /// to sign (key id and `SecurityToken` included), as the real gateway's does.
     SignatureDoesNotMatch,
     /// `InvalidTimeStamp.Expired`, as if the clock were off.
     InvalidTimestampExpired,
@@ -36,6 +37,10 @@ pub enum Fault {
     HtmlError { status: u16 },
     /// A normal answer, after `delay_ms`.
     Slow { delay_ms: u64 },
+    /// No answer at all until the instance's fault is cleared or replaced; then the answer the
+    /// instance gets at that moment. Lets a test hold a request in flight for exactly as long
+    /// as it needs (a state to wait for, not a delay to guess).
+    Hold,
     /// Headers and half the body, then silence.
     StallMidBody,
     /// Headers and part of the body, then the connection is cut.
@@ -83,8 +88,14 @@ impl Fault {
             .unwrap_or_else(|| "fault".into())
     }
 
-    /// The response for this fault.
-    pub async fn respond(self, sessions: &[SimSession], request_id: &str) -> Response {
+    /// The response for this fault. `string_to_sign` is the request's, for the faults whose
+    /// real counterpart echoes it.
+    pub async fn respond(
+        self,
+        sessions: &[SimSession],
+        request_id: &str,
+        string_to_sign: &str,
+    ) -> Response {
         let normal = || data::answer(sessions, sessions.len() as u64, super::now_ms(), request_id);
         let json = |status: StatusCode, body: Vec<u8>| {
             (
@@ -117,11 +128,7 @@ impl Fault {
                 "InternalError",
                 "The request processing has failed due to some unknown error.",
             ),
-            Fault::SignatureDoesNotMatch => error_response(
-                StatusCode::BAD_REQUEST,
-                "SignatureDoesNotMatch",
-                "Specified signature is not matched with our calculation.",
-            ),
+            Fault::SignatureDoesNotMatch => super::signature_mismatch(string_to_sign),
             Fault::InvalidTimestampExpired => error_response(
                 StatusCode::BAD_REQUEST,
                 "InvalidTimeStamp.Expired",
@@ -143,6 +150,9 @@ impl Fault {
                 "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>Tengine</center></body></html>",
             )
                 .into_response(),
+            // Held in the request handler, which alone sees the fault change; once released it
+            // is answered normally.
+            Fault::Hold => json(StatusCode::OK, normal()),
             Fault::Slow { delay_ms } => {
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 json(StatusCode::OK, normal())
@@ -225,7 +235,9 @@ impl Fault {
                 StatusCode::OK,
                 data::answer(sessions, sessions.len() as u64 + extra, super::now_ms(), request_id),
             ),
-            Fault::Every { fault, .. } => Box::pin(fault.respond(sessions, request_id)).await,
+            Fault::Every { fault, .. } => {
+                Box::pin(fault.respond(sessions, request_id, string_to_sign)).await
+            }
         }
     }
 }

@@ -5,9 +5,12 @@
 //! Used by `simulate`, `demo`, the end-to-end tests and the benchmarks. Control endpoints under
 //! `/_sim/` set faults at run time, return the exact answer an instance gets, and count the
 //! requests seen per instance (which is how tests check retries and the rate limit).
+//!
+//! [`k8s`] is its Kubernetes counterpart: an API server stand-in for the attribution tests.
 
 pub mod data;
 pub mod faults;
+pub mod k8s;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -116,6 +119,8 @@ impl Default for SimConfig {
 /// What the simulator has seen, for `/_sim/stats`.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
+    /// Every request that reached the API endpoint, authenticated or not.
+    pub received: u64,
     /// Requests that passed authentication, per instance id.
     pub requests: BTreeMap<String, u64>,
     /// Requests refused by the gateway checks, per error code.
@@ -126,6 +131,10 @@ pub struct Stats {
     pub describe_requests: BTreeMap<String, u64>,
     /// Unix milliseconds of every authenticated request, in arrival order (bounded).
     pub arrivals_ms: Vec<u64>,
+    /// GetRedisAllSession requests being answered right now (held, slow, or streaming).
+    pub in_flight: u64,
+    /// The most requests in flight at once since start (or the last reset).
+    pub max_in_flight: u64,
 }
 
 const MAX_ARRIVALS: usize = 100_000;
@@ -135,6 +144,8 @@ struct SimState {
     nonces: Mutex<HashMap<String, Instant>>,
     stats: Mutex<Stats>,
     faults: Mutex<HashMap<String, Fault>>,
+    /// Woken whenever a fault is set or cleared (what a `hold` waits for).
+    faults_changed: tokio::sync::Notify,
     /// The real server behind `from_redis`.
     redis: Option<crate::direct::NodeClient>,
     inventory: Mutex<Vec<InventoryInstance>>,
@@ -166,6 +177,7 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
         nonces: Mutex::new(HashMap::new()),
         stats: Mutex::new(Stats::default()),
         faults: Mutex::new(faults),
+        faults_changed: tokio::sync::Notify::new(),
         redis,
     });
     Ok(Router::new()
@@ -232,6 +244,29 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         .into_response()
 }
 
+/// The string the gateway signs for this request: every parameter but `Signature`.
+fn string_to_sign(method: &Method, params: &[(String, String)]) -> String {
+    let unsigned: Vec<(&str, &str)> = params
+        .iter()
+        .filter(|(k, _)| k != "Signature")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    sign::string_to_sign(method.as_str(), &sign::canonical_query(&unsigned))
+}
+
+/// `SignatureDoesNotMatch` as the real gateway words it: the message echoes the server's string
+/// to sign, which holds the `AccessKeyId` and the `SecurityToken` (percent-encoded twice). So
+/// does this one, to keep clients honest about not logging it.
+pub fn signature_mismatch(string_to_sign: &str) -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "SignatureDoesNotMatch",
+        &format!(
+            "Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}"
+        ),
+    )
+}
+
 /// Checks a request like the gateway does; on success says what it asks for.
 #[allow(clippy::result_large_err)] // the error is the response itself, built once per request
 fn authenticate(
@@ -294,20 +329,13 @@ fn authenticate(
             "Signature is mandatory for this action.",
         ));
     };
-    let unsigned: Vec<(&str, &str)> = params
-        .iter()
-        .filter(|(k, _)| k != "Signature")
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let to_sign = sign::string_to_sign(method.as_str(), &sign::canonical_query(&unsigned));
+    let to_sign = string_to_sign(method, params);
     if sign::signature(&key.access_key_secret, &to_sign) != given {
-        // The real gateway echoes its string to sign; so does this one, to keep clients honest
-        // about not logging it.
-        return Err(reject(
-            StatusCode::BAD_REQUEST,
-            "SignatureDoesNotMatch",
-            &format!("Specified signature is not matched with our calculation. server string to sign is:{to_sign}"),
-        ));
+        *lock(&st.stats)
+            .rejected
+            .entry("SignatureDoesNotMatch".to_owned())
+            .or_insert(0) += 1;
+        return Err(signature_mismatch(&to_sign));
     }
     if key
         .security_token
@@ -491,22 +519,26 @@ async fn api(
             "Use GET or POST.",
         );
     }
+    lock(&st.stats).received += 1;
     let params = parse_params(q.as_deref(), &body);
     let instance = match authenticate(&st, &method, &params) {
         Ok(Request::Sessions(i)) => i,
-        Ok(Request::Inventory) => return describe_instances(&st, &params).await,
+        Ok(Request::Inventory) => return describe_instances(&st, &method, &params).await,
         Err(resp) => return resp,
     };
-    let fault = lock(&st.faults).get(&instance).cloned();
-    let fault = fault.and_then(|f| {
-        f.resolve(
-            lock(&st.stats)
-                .requests
-                .get(&instance)
-                .copied()
-                .unwrap_or(0),
-        )
-    });
+    let n = lock(&st.stats)
+        .requests
+        .get(&instance)
+        .copied()
+        .unwrap_or(0);
+    let resolve = || {
+        lock(&st.faults)
+            .get(&instance)
+            .cloned()
+            .and_then(|f| f.resolve(n))
+    };
+    let mut fault = resolve();
+    let _in_flight = InFlight::enter(&st);
     {
         let mut stats = lock(&st.stats);
         *stats.requests.entry(instance.clone()).or_insert(0) += 1;
@@ -521,6 +553,17 @@ async fn api(
             stats.arrivals_ms.push(now_ms());
         }
     }
+    while fault == Some(Fault::Hold) {
+        // Armed before the check, so a change made between the check and the wait still wakes it.
+        let changed = st.faults_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        fault = resolve();
+        if fault == Some(Fault::Hold) {
+            changed.await;
+            fault = resolve();
+        }
+    }
     let cfg = lock(&st.cfg).clone();
     let sessions = match sessions_now(&st, &cfg, &instance).await {
         Ok(s) => s,
@@ -530,7 +573,10 @@ async fn api(
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
     match fault {
         None => json_ok(data::answer(&sessions, total, now_ms(), &request_id)),
-        Some(f) => f.respond(&sessions, &request_id).await,
+        Some(f) => {
+            f.respond(&sessions, &request_id, &string_to_sign(&method, &params))
+                .await
+        }
     }
 }
 
@@ -548,8 +594,35 @@ async fn stats(State(st): State<Arc<SimState>>) -> Json<Stats> {
 }
 
 async fn reset_stats(State(st): State<Arc<SimState>>) -> StatusCode {
-    *lock(&st.stats) = Stats::default();
+    let mut stats = lock(&st.stats);
+    // Requests still in flight stay counted, so their end does not go below zero.
+    let in_flight = stats.in_flight;
+    *stats = Stats {
+        in_flight,
+        max_in_flight: in_flight,
+        ..Stats::default()
+    };
     StatusCode::NO_CONTENT
+}
+
+/// Counts one request in flight for as long as it lives (dropped with the handler, also when
+/// the client goes away mid-answer).
+struct InFlight<'a>(&'a SimState);
+
+impl<'a> InFlight<'a> {
+    fn enter(st: &'a SimState) -> Self {
+        let mut stats = lock(&st.stats);
+        stats.in_flight += 1;
+        stats.max_in_flight = stats.max_in_flight.max(stats.in_flight);
+        InFlight(st)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut stats = lock(&self.0.stats);
+        stats.in_flight = stats.in_flight.saturating_sub(1);
+    }
 }
 
 async fn set_fault(
@@ -558,11 +631,13 @@ async fn set_fault(
     Json(f): Json<Fault>,
 ) -> StatusCode {
     lock(&st.faults).insert(instance, f);
+    st.faults_changed.notify_waiters();
     StatusCode::NO_CONTENT
 }
 
 async fn clear_fault(State(st): State<Arc<SimState>>, Path(instance): Path<String>) -> StatusCode {
     lock(&st.faults).remove(&instance);
+    st.faults_changed.notify_waiters();
     StatusCode::NO_CONTENT
 }
 
@@ -618,7 +693,11 @@ async fn put_inventory(
 /// R-KVStore `DescribeInstances`: the filters, the paging and the errors the real API applies
 /// (`RegionId` is required with tags, at most 5 tags, `PageSize` at most 50). A fault set on
 /// `DescribeInstances@<region>` or `DescribeInstances` (`/_sim/faults/…`) answers instead.
-async fn describe_instances(st: &SimState, params: &[(String, String)]) -> Response {
+async fn describe_instances(
+    st: &SimState,
+    method: &Method,
+    params: &[(String, String)],
+) -> Response {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let region = get("RegionId").filter(|r| !r.is_empty());
     *lock(&st.stats)
@@ -634,7 +713,9 @@ async fn describe_instances(st: &SimState, params: &[(String, String)]) -> Respo
             .cloned()
     };
     if let Some(f) = fault {
-        return f.respond(&[], &request_id).await;
+        return f
+            .respond(&[], &request_id, &string_to_sign(method, params))
+            .await;
     }
     let bad = |code: &str, msg: &str| error_response(StatusCode::BAD_REQUEST, code, msg);
     let mut tags = Vec::new();

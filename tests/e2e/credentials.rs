@@ -90,41 +90,6 @@ fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as f64
 }
 
-/// Each needle raw, percent-encoded once and twice (a signed query holds the token encoded once,
-/// a string to sign twice).
-fn needles(secrets: &[String]) -> Vec<String> {
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
-    secrets
-        .iter()
-        .flat_map(|s| [s.clone(), enc(s), enc(&enc(s))])
-        .collect()
-}
-
-/// Asserts none of `secrets` appears in the exporter's output, /metrics (both formats), `/`.
-async fn assert_no_leak(p: &Proc, addr: SocketAddr, secrets: &[String]) {
-    let (_, _, landing) = get(addr, "/", &[]).await;
-    let places = [
-        ("output", p.output()),
-        ("metrics", scrape_text(addr).await),
-        ("openmetrics", scrape_om(addr).await),
-        ("landing page", String::from_utf8(landing).unwrap()),
-    ];
-    for (where_, text) in &places {
-        for n in needles(secrets) {
-            assert!(
-                !text.contains(&n),
-                "{n:?} leaked into the {where_}:\n{text}"
-            );
-        }
-    }
-    assert!(
-        p.output().contains("DEBUG"),
-        "the exporter really ran at trace level"
-    );
-}
-
 /// `check-config` on the same files and environment: valid, and no secret in its output.
 fn check_config_clean(
     config: &str,

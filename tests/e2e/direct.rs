@@ -1,7 +1,10 @@
 //! End to end against real Redis servers (Debian's `redis-server`, started here on free loopback
 //! ports): the real binary with `source = "direct"` must report exactly the clients this test
-//! opens, leave its own connection out, label sessions by node in a cluster, classify auth and
-//! permission failures, and agree with the DAS path fed by `simulate --from-redis`.
+//! opens, leave its own connection out, label sessions by node in a cluster (and keep finding them
+//! when the seed dies), fail the whole poll when one node fails, classify auth, permission,
+//! timeout and connection failures, re-read a rotated password file at reconnect, and agree with the DAS path fed by `simulate --from-redis` (a round trip
+//! through the crate's own CLIENT LIST parser; the figures derived by hand from the clients opened
+//! here, in `every_figure_matches_the_clients_opened`, are the independent oracle).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -533,8 +536,9 @@ async fn tls_with_own_ca_and_client_certificate() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cluster_nodes_are_found_and_labelled() {
+/// Three cluster masters on loopback (failure detection after 1 s, so a dead node is flagged
+/// `fail` quickly); returns them and their `host:port`s.
+fn start_cluster() -> (Vec<Redis>, Vec<String>) {
     let nodes: Vec<Redis> = (0..3)
         .map(|i| {
             Redis::start(&[
@@ -542,6 +546,8 @@ async fn cluster_nodes_are_found_and_labelled() {
                 "yes",
                 "--cluster-config-file",
                 &format!("nodes-{i}.conf"),
+                "--cluster-node-timeout",
+                "1000",
             ])
         })
         .collect();
@@ -572,6 +578,15 @@ async fn cluster_nodes_are_found_and_labelled() {
         assert!(Instant::now() < end, "cluster did not form");
         std::thread::sleep(Duration::from_millis(100));
     }
+    (nodes, addrs)
+}
+
+/// `cluster = true`: every node found from the seed's `CLUSTER NODES` and labelled; when the seed
+/// dies, the nodes seen last time are asked instead, and once the others flag it `fail` the
+/// instance is up again with the two live nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_nodes_are_found_labelled_and_outlive_the_seed() {
+    let (mut nodes, addrs) = start_cluster();
     // 1, 2 and 3 clients on the three nodes.
     let mut clients = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -603,6 +618,27 @@ async fn cluster_nodes_are_found_and_labelled() {
             ("client_name=\"on-2\"", 3.0)
         ])
     );
+
+    // The seed (node 1, with its two clients) dies.
+    drop(nodes.remove(1));
+    let survivors: BTreeMap<String, f64> = [(0, 1.0), (2, 3.0)]
+        .into_iter()
+        .map(|(i, n)| (format!("node_id=\"{}\"", addrs[i]), n))
+        .collect();
+    let text = scrape_until(
+        (&exporter_proc, exporter),
+        "the two live nodes, found without the seed",
+        |t| {
+            by_labels(t, "redis_sessions", "r-cluster") == survivors
+                && by_labels(t, "redis_session_up", "r-cluster") == map(&[("", 1.0)])
+        },
+    )
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_sessions_by_client_name", "r-cluster"),
+        map(&[("client_name=\"on-0\"", 1.0), ("client_name=\"on-2\"", 3.0)])
+    );
+
     // A server without cluster support, asked with cluster = true, says so.
     let plain = Redis::start(&[]);
     let (_p2, exporter2) = start_exporter(
@@ -620,8 +656,11 @@ async fn cluster_nodes_are_found_and_labelled() {
     drop(clients);
 }
 
+/// A round trip: `simulate --from-redis` turns the server's CLIENT LIST into a DAS answer with
+/// the same parser the direct source uses, so this shows the two paths agree with each other. That
+/// the figures are right is `every_figure_matches_the_clients_opened`'s job (hand-derived).
 #[tokio::test(flavor = "multi_thread")]
-async fn das_path_from_redis_reports_the_same_figures() {
+async fn from_redis_round_trip_das_path_agrees_with_direct() {
     let r = Redis::start(&[]);
     let _shapes = open_shapes(&r);
     let sim = spawn(
@@ -679,5 +718,145 @@ async fn das_path_from_redis_reports_the_same_figures() {
     assert!(
         by_labels(&text, "redis_sessions_by_user", "r-das").is_empty(),
         "direct-only families stay direct-only"
+    );
+}
+
+/// One failing node fails the whole poll (partial figures would look like a drop in sessions),
+/// and the transport failures get their codes: a closed port is `connection`, a server that
+/// accepts and never answers is `timeout`. A healthy instance on the same server is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_node_fails_the_poll_with_timeout_and_connection_codes() {
+    let r = Redis::start(&[]);
+    let _app = r.client(&[&["CLIENT", "SETNAME", "app"]]);
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // Accepted by the kernel's backlog, never read: every request hangs.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let good = format!("127.0.0.1:{}", r.port);
+    let inst = |id: &str, where_: &str| {
+        format!("[[instances]]\nid = \"{id}\"\nsource = \"direct\"\n{where_}\n")
+    };
+    let cfg = direct_config(&format!(
+        "{}{}{}{}",
+        inst("r-whole", &format!("nodes = [\"{good}\"]")),
+        inst("r-half", &format!("nodes = [\"{good}\", \"{closed}\"]")),
+        inst("r-refused", &format!("address = \"redis://{closed}\"")),
+        inst("r-mute", &format!("address = \"redis://{mute_addr}\"")),
+    ))
+    .replace("timeout = \"5s\"", "timeout = \"1s\"");
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    let codes = |t: &str, id: &str| {
+        by_labels(t, "redis_session_exporter_poll_errors_total", id)
+            .into_keys()
+            .collect::<Vec<_>>()
+    };
+    let text = scrape_until((&exporter_proc, exporter), "every instance polled", |t| {
+        by_labels(t, "redis_session_up", "r-whole") == map(&[("", 1.0)])
+            && ["r-half", "r-refused", "r-mute"]
+                .iter()
+                .all(|id| !codes(t, id).is_empty())
+    })
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_sessions", "r-whole"),
+        map(&[(&format!("node_id=\"{good}\""), 1.0)])
+    );
+    for (id, code) in [
+        ("r-half", "connection"),
+        ("r-refused", "connection"),
+        ("r-mute", "timeout"),
+    ] {
+        assert_eq!(
+            by_labels(&text, "redis_session_up", id),
+            map(&[("", 0.0)]),
+            "{id}"
+        );
+        assert_eq!(codes(&text, id), vec![format!("code=\"{code}\"")], "{id}");
+        assert!(
+            by_labels(&text, "redis_sessions", id).is_empty()
+                && by_labels(&text, "redis_sessions_by_client_name", id).is_empty(),
+            "{id}: no partial figures"
+        );
+    }
+    drop(mute);
+}
+
+/// `password_file` is read at every (re)connect: after the ACL password changes and the
+/// exporter's connection is killed, the reconnect fails with `auth` while the file holds the old
+/// password, and succeeds, in the same process, once the file holds the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_password_file_is_read_at_reconnect() {
+    let r = Redis::start(&[]);
+    let acl = |pw: &str| {
+        let ok = r.admin(&[
+            "ACL",
+            "SETUSER",
+            "exporter",
+            "on",
+            "resetpass",
+            &format!(">{pw}"),
+            "+client|list",
+            "+client|setname",
+            "+client|id",
+        ]);
+        assert!(ok.contains("OK"), "{ok}");
+    };
+    acl("first-pw-not-real");
+    let _app = r.client(&[&["CLIENT", "SETNAME", "app"]]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "first-pw-not-real\n").unwrap();
+    let cfg = direct_config(&format!(
+        "[[instances]]\nid = \"r-rotate\"\nsource = \"direct\"\naddress = \"redis://127.0.0.1:{}\"\n\
+         username = \"exporter\"\npassword_file = \"{}\"\n",
+        r.port,
+        file.display()
+    ));
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    let up = |t: &str| by_labels(t, "redis_session_up", "r-rotate");
+    scrape_until(
+        (&exporter_proc, exporter),
+        "up with the first password",
+        |t| up(t) == map(&[("", 1.0)]),
+    )
+    .await;
+
+    // The password changes on the server; the exporter's open connection is cut.
+    acl("second-pw-not-real");
+    let killed = r.admin(&["CLIENT", "KILL", "USER", "exporter"]);
+    assert!(
+        killed.starts_with(':') && !killed.starts_with(":0"),
+        "{killed}"
+    );
+    scrape_until(
+        (&exporter_proc, exporter),
+        "auth failure on reconnect",
+        |t| {
+            up(t) == map(&[("", 0.0)])
+                && by_labels(t, "redis_session_exporter_poll_errors_total", "r-rotate")
+                    .contains_key("code=\"auth\"")
+        },
+    )
+    .await;
+
+    // The file catches up: the next reconnect reads it.
+    std::fs::write(&file, "second-pw-not-real\n").unwrap();
+    let text = scrape_until(
+        (&exporter_proc, exporter),
+        "up with the second password",
+        |t| up(t) == map(&[("", 1.0)]),
+    )
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_sessions_by_client_name", "r-rotate"),
+        map(&[("client_name=\"app\"", 1.0)])
+    );
+    let out = exporter_proc.output();
+    assert!(
+        !out.contains("-pw-not-real"),
+        "a password in the log:\n{out}"
     );
 }

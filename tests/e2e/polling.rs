@@ -428,7 +428,10 @@ async fn figures_match_the_simulator_and_pass_the_official_tools() {
     }
     assert_eq!(get(addr, "/healthz", &[]).await.0, 200);
 
-    // The simulator verified every request's signature: none was rejected.
+    // Signing round trip: the simulator checked every request's signature and rejected none.
+    // It checks with the crate's own signer, so this shows the client and the checker agree,
+    // not that either matches the vendor: the vendor's published vectors (`das::sign` unit
+    // tests, and `das::client`'s DAS-shaped STS vector) are the independent oracle.
     let stats = sim_stats(sim_addr).await;
     assert!(stats["rejected"].as_object().unwrap().is_empty(), "{stats}");
 
@@ -436,23 +439,64 @@ async fn figures_match_the_simulator_and_pass_the_official_tools() {
     assert!(status.success(), "SIGTERM must exit 0: {status:?}");
 }
 
+/// A poll held in flight by the simulator (its answer cannot land until the test releases it):
+/// meanwhile every scrape answers, with the poll still in flight when it does (scrapes never
+/// wait for a poll), `/healthz` is 200 and `/readyz` 503 although another instance is already
+/// up (readiness waits for every instance's first poll). On release it turns 200.
 #[tokio::test]
-async fn readyz_waits_for_the_first_poll() {
-    // A simulator answering slowly keeps the exporter unready until the first answer lands.
-    let (_sim, sim_addr) =
-        start_simulator("[instances.r-slow]\nfault = { kind = \"slow\", delay_ms = 1500 }\n");
+async fn while_a_poll_is_held_scrapes_answer_and_readyz_waits() {
+    let (_sim, sim_addr) = start_simulator(
+        "sessions = 5\n[instances.r-held]\nfault = { kind = \"hold\" }\n[instances.r-quick]\n",
+    );
+    // A timeout far beyond the test, so only the release can end the held poll.
     let (_exp, addr) = start_exporter(
-        &format!("[das]\nendpoint = \"http://{sim_addr}\"\n[[instances]]\nid = \"r-slow\"\n"),
+        &format!(
+            "[das]\nendpoint = \"http://{sim_addr}\"\ntimeout = \"300s\"\n[poll]\ninterval = \"600s\"\n\
+             [[instances]]\nid = \"r-held\"\n[[instances]]\nid = \"r-quick\"\n"
+        ),
         &[],
     );
-    assert_eq!(get(addr, "/readyz", &[]).await.0, 503);
-    assert_eq!(get(addr, "/healthz", &[]).await.0, 200);
+    let held = || async {
+        let stats = sim_stats(sim_addr).await;
+        stats["in_flight"] == 1 && stats["requests"]["r-held"] == 1
+    };
+    wait_until(
+        "r-quick up and r-held's request held",
+        Duration::from_secs(20),
+        || async {
+            let t = scrape_text(addr).await;
+            (value(&t, "redis_session_up{instance_id=\"r-quick\"}") == Some(1.0) && held().await)
+                .then_some(())
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        let t = scrape_text(addr).await;
+        assert_eq!(
+            value(&t, "redis_session_up{instance_id=\"r-quick\"}"),
+            Some(1.0)
+        );
+        assert_eq!(get(addr, "/healthz", &[]).await.0, 200);
+        assert_eq!(get(addr, "/readyz", &[]).await.0, 503);
+    }
+    assert!(
+        held().await,
+        "the poll was still in flight after the scrapes"
+    );
+    clear_fault(sim_addr, "r-held").await;
     wait_until("readiness", Duration::from_secs(20), || async {
         (get(addr, "/readyz", &[]).await.0 == 200).then_some(())
     })
     .await;
+    let t = scrape_text(addr).await;
+    assert_eq!(
+        value(&t, "redis_session_up{instance_id=\"r-held\"}"),
+        Some(1.0)
+    );
 }
 
+/// No credentials anywhere: every poll fails with `code="credentials"`, and no request is sent
+/// (the simulator, reachable all along, receives none, signed or not).
 #[tokio::test]
 async fn missing_credentials_fail_polls_with_a_clear_code() {
     let (_sim, sim_addr) = start_simulator("");
@@ -461,7 +505,10 @@ async fn missing_credentials_fail_polls_with_a_clear_code() {
         &[],
         &[(
             "c.toml",
-            &format!("[das]\nendpoint = \"http://{sim_addr}\"\n[[instances]]\nid = \"r-x\"\n"),
+            &format!(
+                "[das]\nendpoint = \"http://{sim_addr}\"\ntimeout = \"1s\"\n[poll]\ninterval = \"1s\"\n\
+                 [[instances]]\nid = \"r-x\"\n"
+            ),
         )],
     );
     let line = p.wait_for_line("serving /metrics", Duration::from_secs(20));
@@ -471,9 +518,14 @@ async fn missing_credentials_fail_polls_with_a_clear_code() {
         .unwrap()
         .parse()
         .unwrap();
-    let text = wait_until("a failed poll", Duration::from_secs(20), || async {
+    // Two failed polls (the start-up one and one on the grid of a 1 s interval), retries included.
+    let text = wait_until("two failed polls", Duration::from_secs(20), || async {
         let t = scrape_text(addr).await;
-        t.contains("code=\"credentials\"").then_some(t)
+        let failed = value(
+            &t,
+            "redis_session_exporter_poll_errors_total{instance_id=\"r-x\",code=\"credentials\"}",
+        );
+        (failed >= Some(2.0)).then_some(t)
     })
     .await;
     assert_eq!(
@@ -483,6 +535,11 @@ async fn missing_credentials_fail_polls_with_a_clear_code() {
     assert!(
         p.output().contains("ALIBABA_CLOUD_ACCESS_KEY_ID"),
         "the log says what is missing"
+    );
+    let stats = sim_stats(sim_addr).await;
+    assert_eq!(
+        stats["received"], 0,
+        "a request reached the DAS endpoint without credentials: {stats}"
     );
 }
 
@@ -545,10 +602,12 @@ fn version_flag() {
     );
 }
 
+/// A signing round trip (the simulator verifies with the crate's own signer; the vendor's
+/// vectors in `das::sign` are the independent oracle). One set of variables for both processes:
+/// the simulator accepts the pair it is started with, and rejects a request signed with another
+/// secret.
 #[tokio::test]
-async fn simulate_accepts_the_key_pair_from_the_environment() {
-    // One set of variables for both processes: the simulator accepts the pair it is started with,
-    // and rejects a request signed with another secret.
+async fn signing_round_trip_with_the_key_pair_from_the_environment() {
     let env = [
         ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-shared-fake-id"),
         ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "shared-fake-secret"),

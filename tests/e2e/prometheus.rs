@@ -9,8 +9,8 @@
 //!   every `for:` is shortened to `FOR_IN_TEST`: waiting 15 minutes for `RedisSessionApiThrottled`
 //!   is no test. The expressions, their windows and thresholds are the shipped ones (the test
 //!   checks that only `for:` lines differ). The recording rules are loaded unchanged.
-//! - Dashboard variables are substituted the way Grafana does for "All": `$instance_id` and
-//!   `$node_id` become `.*`; `$__rate_interval` becomes `1m` (Grafana's value for a 15 s scrape
+//! - Dashboard variables are substituted the way Grafana does for "All": every `$variable`
+//!   becomes `.*`; `$__rate_interval` becomes `1m` (Grafana's value for a 15 s scrape
 //!   interval; the data here is seconds old, and `rate` needs only two samples in the window).
 //! - A second target of the job points at a closed loopback port, so `up == 0` for it and
 //!   `RedisSessionExporterDown` fires.
@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::redis::RedisServer;
 use crate::common::*;
 use serde_json::Value;
 
@@ -40,7 +41,10 @@ fault = { kind = "throttling_user" }
 fault = { kind = "no_permission" }
 "#;
 
-fn exporter_config(sim: SocketAddr) -> String {
+/// Four DAS instances, one direct instance (a real redis-server with one client) for the
+/// direct-only families, and a discovery block (the simulator's empty inventory) for the discovery
+/// families: every dashboard panel then has data.
+fn exporter_config(sim: SocketAddr, redis: SocketAddr) -> String {
     format!(
         r#"
 [das]
@@ -58,6 +62,15 @@ id = "r-prom-big"
 id = "r-prom-throttled"
 [[instances]]
 id = "r-prom-denied"
+labels = {{ team = "payments", env = "prod" }}
+[[instances]]
+id = "r-prom-direct"
+source = "direct"
+address = "redis://{redis}"
+[[discovery]]
+regions = ["cn-hangzhou"]
+refresh = "1s"
+endpoint = "http://{sim}"
 "#
     )
 }
@@ -208,13 +221,25 @@ fn shorten_for(text: &str) -> String {
 fn dashboard_queries() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(repo().join("deploy/grafana/redis-sessions.json")).unwrap();
     let d: Value = serde_json::from_str(&text).unwrap();
+    // Every variable as "All" (`.*`), longest names first so that `$team` cannot eat
+    // `$team_x`.
+    let mut names: Vec<String> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
     let subst = |e: &str| {
-        e.replace("$__rate_interval", "1m")
-            .replace("${__rate_interval}", "1m")
-            .replace("${instance_id}", ".*")
-            .replace("$instance_id", ".*")
-            .replace("${node_id}", ".*")
-            .replace("$node_id", ".*")
+        let mut e = e
+            .replace("$__rate_interval", "1m")
+            .replace("${__rate_interval}", "1m");
+        for n in &names {
+            e = e
+                .replace(&format!("${{{n}}}"), ".*")
+                .replace(&format!("${n}"), ".*");
+        }
+        e
     };
     let mut out = Vec::new();
     for v in d["templating"]["list"].as_array().unwrap() {
@@ -269,7 +294,11 @@ fn rule_names(text: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_rules_work_against_a_real_prometheus() {
     let (_sim, sim_addr) = start_simulator(SIM);
-    let (exporter, exp_addr) = start_exporter(&exporter_config(sim_addr), &[]);
+    let redis = RedisServer::start();
+    let _client = redis
+        .client("prom-e2e-client")
+        .expect("a client of redis-server");
+    let (exporter, exp_addr) = start_exporter(&exporter_config(sim_addr, redis.addr), &[]);
     let dead = format!("127.0.0.1:{}", free_port());
 
     let recording = std::fs::read_to_string(repo().join("deploy/prometheus/recording-rules.yml"))
@@ -451,6 +480,27 @@ scrape_configs:
     }
     // The alert carries the labels and annotations on-call needs.
     let v = prom.api("/api/v1/alerts", &[]).await;
+    // An alert on an instance carries the labels configured on its [[instances]] entry
+    // (INSTANCE_LABELS of deploy/prometheus/rules.env, joined from redis_session_instance_info),
+    // so that Alertmanager can route it to the owning team.
+    let denied = v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| {
+            a["labels"]["alertname"] == "RedisSessionInstancePollFailing"
+                && a["labels"]["instance_id"] == "r-prom-denied"
+        })
+        .unwrap();
+    assert_eq!(denied["labels"]["team"], "payments", "{denied}");
+    assert_eq!(denied["labels"]["env"], "prod", "{denied}");
+    assert!(
+        denied["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/docs/runbooks/RedisSessionInstancePollFailing.md"),
+        "{denied}"
+    );
     let throttled = v["data"]["alerts"]
         .as_array()
         .unwrap()

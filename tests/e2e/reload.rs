@@ -1,7 +1,10 @@
 //! End to end: reloading the configuration of the real binary (SIGHUP and `POST /-/reload`)
 //! while it polls the simulator, and the accounting of poll rounds that could not run.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
@@ -67,7 +70,54 @@ async fn wait_polls(addr: SocketAddr, id: &str, n: f64) -> String {
     .await
 }
 
-#[tokio::test]
+/// Scrapes all along in the background (every 50 ms) and checks that no counter (`*_total`) is
+/// ever below a value an earlier scrape showed: "counters kept" means never decreasing, even for
+/// a moment, across every reload. Series that disappear (a removed instance) are fine.
+struct CounterWatch {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl CounterWatch {
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut highest: BTreeMap<String, f64> = BTreeMap::new();
+            let mut scrapes = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let text = scrape_text(addr).await;
+                for (series, v) in samples(&text) {
+                    let name = series.split('{').next().unwrap_or_default();
+                    if !name.ends_with("_total") {
+                        continue;
+                    }
+                    let top = highest.entry(series.clone()).or_insert(v);
+                    assert!(
+                        v >= *top,
+                        "{series} went down from {top} to {v} (scrape {scrapes})"
+                    );
+                    *top = v;
+                }
+                scrapes += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            scrapes
+        });
+        Self { stop, task }
+    }
+
+    /// Stops watching; returns how many scrapes were checked (panics with the first decrease).
+    async fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.task.await {
+            Ok(n) => n,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_adds_and_removes_instances_applies_limits_and_keeps_counters() {
     let (_sim, sim) = start_simulator(SIM);
     let v1 = config(
@@ -91,6 +141,7 @@ async fn sighup_adds_and_removes_instances_applies_limits_and_keeps_counters() {
     assert!(!any_series_of(&t, "r-b").is_empty());
     assert!(any_series_of(&t, "r-c").is_empty());
     let polls_a_before = polls(&t, "r-a").unwrap();
+    let counters = CounterWatch::start(addr);
 
     // r-b goes, r-c comes, r-a stays with a new label (its task restarts) and the name cap grows.
     std::thread::sleep(Duration::from_millis(1100)); // so the success timestamp visibly moves
@@ -128,7 +179,8 @@ async fn sighup_adds_and_removes_instances_applies_limits_and_keeps_counters() {
         None,
         "the old label set is gone"
     );
-    // The restarted task kept r-a's counters: they continue from where they were.
+    // The restarted task kept r-a's counters: they never went down (the watch saw every
+    // scrape) and kept counting.
     let polls_a_after = polls(&t, "r-a").unwrap();
     assert!(
         polls_a_after > polls_a_before,
@@ -146,6 +198,8 @@ async fn sighup_adds_and_removes_instances_applies_limits_and_keeps_counters() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let t = scrape_text(addr).await;
     assert!(any_series_of(&t, "r-b").is_empty());
+    let scrapes = counters.finish().await;
+    assert!(scrapes >= 10, "only {scrapes} scrapes watched the counters");
     let log = exp.output();
     assert!(
         log.contains("instance removed") && log.contains("r-b"),
@@ -157,15 +211,31 @@ async fn sighup_adds_and_removes_instances_applies_limits_and_keeps_counters() {
     );
 }
 
-#[tokio::test]
+const REJECTED: &str = "reload rejected";
+const RELOADED: &str = "configuration reloaded";
+
+/// Each trigger (`POST /-/reload`, SIGHUP) with a bad file turns
+/// `…_config_last_reload_successful` from 1 to 0 and logs one rejection line with the reason;
+/// a good file turns it back to 1. Meanwhile the old configuration keeps polling and no counter
+/// ever goes down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_reload_is_rejected_and_the_old_configuration_keeps_running() {
     let (_sim, sim) = start_simulator(SIM);
-    let v1 = config(sim, "1s", "[[instances]]\nid = \"r-a\"\n");
-    let (mut exp, addr) = start_exporter(&v1, &[]);
+    let good = |ids: &[&str]| {
+        let list: String = ids
+            .iter()
+            .map(|id| format!("[[instances]]\nid = \"{id}\"\n"))
+            .collect();
+        config(sim, "1s", &list)
+    };
+    let (exp, addr) = start_exporter(&good(&["r-a"]), &[]);
     let t = wait_polls(addr, "r-a", 1.0).await;
+    assert_eq!(value(&t, RELOAD_OK), Some(1.0), "the start-up load counts");
     let ts_start = value(&t, RELOAD_TS).unwrap();
+    let counters = CounterWatch::start(addr);
+    let reload_ok = || async move { value(&scrape_text(addr).await, RELOAD_OK) };
 
-    // An unknown key: refused with the key named, over HTTP and in the log.
+    // POST, an unknown key: 1 -> 0, refused with the key named, over HTTP and in the log.
     write_config(
         &exp,
         &config(
@@ -180,11 +250,11 @@ async fn an_invalid_reload_is_rejected_and_the_old_configuration_keeps_running()
         body.contains("reload rejected") && body.contains("lable"),
         "{body}"
     );
-    let line = exp.wait_for_line("reload rejected", WAIT);
+    exp.wait_for_lines(REJECTED, 1, WAIT);
+    let line = exp.wait_for_line(REJECTED, WAIT);
     assert!(line.contains("lable"), "the log gives the reason: {line}");
-
+    assert_eq!(reload_ok().await, Some(0.0));
     let t = scrape_text(addr).await;
-    assert_eq!(value(&t, RELOAD_OK), Some(0.0));
     assert_eq!(
         value(&t, RELOAD_TS),
         Some(ts_start),
@@ -198,48 +268,71 @@ async fn an_invalid_reload_is_rejected_and_the_old_configuration_keeps_running()
     let before = polls(&t, "r-a").unwrap();
     wait_polls(addr, "r-a", before + 2.0).await;
 
-    // A file that parses but does not validate (a duplicate id), and then no file at all.
-    write_config(
-        &exp,
-        &config(
-            sim,
-            "1s",
-            "[[instances]]\nid = \"r-a\"\n[[instances]]\nid = \"r-a\"\n",
-        ),
-    );
+    // POST, a good file: 0 -> 1.
+    write_config(&exp, &good(&["r-a"]));
     let (status, body) = post_reload(addr).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("instances"), "{body}");
+    assert_eq!(status, 200, "{body}");
+    exp.wait_for_lines(RELOADED, 1, WAIT);
+    assert_eq!(reload_ok().await, Some(1.0));
+
+    // SIGHUP, a file that parses but does not validate (a duplicate id): 1 -> 0, a second
+    // rejection line, the process stays up.
+    write_config(&exp, &good(&["r-a", "r-a"]));
+    exp.signal("HUP");
+    exp.wait_for_lines(REJECTED, 2, WAIT);
+    let out = exp.output();
+    let second = out.lines().filter(|l| l.contains(REJECTED)).nth(1).unwrap();
+    assert!(second.contains("instances"), "names the key: {second}");
+    wait_until("reload_successful 0 after SIGHUP", WAIT, || async {
+        (reload_ok().await == Some(0.0)).then_some(())
+    })
+    .await;
+
+    // SIGHUP, a good file: 0 -> 1.
+    write_config(&exp, &good(&["r-a"]));
+    exp.signal("HUP");
+    exp.wait_for_lines(RELOADED, 2, WAIT);
+    wait_until("reload_successful 1 after SIGHUP", WAIT, || async {
+        (reload_ok().await == Some(1.0)).then_some(())
+    })
+    .await;
+
+    // Each trigger with no file at all: 1 -> 0, the file named; then a good file, 0 -> 1.
     std::fs::remove_file(exp.dir.join("config.toml")).unwrap();
     let (status, body) = post_reload(addr).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("config.toml"), "names the file: {body}");
-    // SIGHUP with a bad file: same verdict, and the process stays up.
+    exp.wait_for_lines(REJECTED, 3, WAIT);
+    assert_eq!(reload_ok().await, Some(0.0));
+    write_config(&exp, &good(&["r-a"]));
     exp.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(exp.child.try_wait().unwrap().is_none(), "still running");
-    let t = scrape_text(addr).await;
-    assert_eq!(value(&t, RELOAD_OK), Some(0.0));
+    exp.wait_for_lines(RELOADED, 3, WAIT);
+    wait_until("reload_successful 1", WAIT, || async {
+        (reload_ok().await == Some(1.0)).then_some(())
+    })
+    .await;
+    std::fs::remove_file(exp.dir.join("config.toml")).unwrap();
+    exp.signal("HUP");
+    exp.wait_for_lines(REJECTED, 4, WAIT);
+    let out = exp.output();
+    let fourth = out.lines().filter(|l| l.contains(REJECTED)).nth(3).unwrap();
+    assert!(fourth.contains("config.toml"), "names the file: {fourth}");
+    wait_until("reload_successful 0 after SIGHUP", WAIT, || async {
+        (reload_ok().await == Some(0.0)).then_some(())
+    })
+    .await;
 
-    // A good file again: applied, status back to 1.
-    write_config(
-        &exp,
-        &config(
-            sim,
-            "1s",
-            "[[instances]]\nid = \"r-a\"\n[[instances]]\nid = \"r-b\"\n",
-        ),
-    );
-    let a_before = polls(&scrape_text(addr).await, "r-a").unwrap();
+    // A good file with a new instance: applied, status back to 1, the old instance's counters
+    // kept.
+    write_config(&exp, &good(&["r-a", "r-b"]));
     let (status, body) = post_reload(addr).await;
     assert_eq!(status, 200, "{body}");
     let t = wait_polls(addr, "r-b", 1.0).await;
-    assert!(
-        polls(&t, "r-a").unwrap() >= a_before,
-        "an unchanged instance keeps its counters"
-    );
     assert_eq!(value(&t, RELOAD_OK), Some(1.0));
     assert!(value(&t, RELOAD_TS).unwrap() > ts_start);
+    let scrapes = counters.finish().await;
+    assert!(scrapes >= 10, "only {scrapes} scrapes watched the counters");
+    let mut exp = exp;
     assert!(exp.terminate().success());
 }
 
@@ -327,4 +420,166 @@ async fn rounds_a_slow_answer_outlasts_are_counted_as_skipped() {
     wait_polls(addr, "r-fast", fast + 2.0).await;
     let line = exp.wait_for_line("skipped rounds", WAIT);
     assert!(line.contains("r-slow"), "{line}");
+}
+
+/// `[server] listen`, `[das]` and `[credentials]` are bound at start: a reload that changes them
+/// logs one warning per section and otherwise ignores them, while the rest of the file (a new
+/// instance) applies. Each ignored change would be visible if applied: the server would move, the
+/// polls would go to the other simulator, the requests would be signed with an unknown key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_only_settings_are_warned_about_and_ignored() {
+    let (_sim, sim) = start_simulator(SIM);
+    let (_other, other) = start_simulator(SIM);
+    let file = |listen: &str, endpoint: SocketAddr, credentials: &str, ids: &[&str]| {
+        let mut c = format!(
+            "[server]\nlisten = \"{listen}\"\n[das]\nendpoint = \"http://{endpoint}\"\n\
+             timeout = \"5s\"\n[poll]\ninterval = \"1s\"\n{credentials}"
+        );
+        for id in ids {
+            c.push_str(&format!("[[instances]]\nid = \"{id}\"\n"));
+        }
+        c
+    };
+    // Started without --listen, so `[server] listen` is the file's.
+    let exp = spawn(
+        &["--config", "config.toml"],
+        &[
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", SIM_KEY_ID),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SIM_KEY_SECRET),
+        ],
+        &[
+            ("config.toml", &file("127.0.0.1:0", sim, "", &["r-a"])),
+            ("other-secret", "another-secret-not-real\n"),
+        ],
+    );
+    let addr = exporter_addr(&exp);
+    wait_polls(addr, "r-a", 1.0).await;
+
+    let moved = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    write_config(
+        &exp,
+        &file(
+            &moved.to_string(),
+            other,
+            "[credentials]\nprovider = \"static\"\naccess_key_id = \"LTAI-other-not-real\"\n\
+             access_key_secret_file = \"other-secret\"\n",
+            &["r-a", "r-c"],
+        ),
+    );
+    let (status, body) = post_reload(addr).await;
+    assert_eq!(status, 200, "{body}");
+    for section in ["server.listen", "[das]", "[credentials]"] {
+        exp.wait_for_lines(
+            &format!("{section} changed; it takes effect after a restart"),
+            1,
+            WAIT,
+        );
+    }
+    // The new instance applies, polled through the old endpoint with the old key: it comes up.
+    let t = wait_until("r-c up", WAIT, || async move {
+        let t = scrape_text(addr).await; // the old address still serves
+        (value(&t, "redis_session_up{instance_id=\"r-c\"}") == Some(1.0)).then_some(t)
+    })
+    .await;
+    assert_eq!(
+        value(&t, "redis_session_up{instance_id=\"r-a\"}"),
+        Some(1.0)
+    );
+    let a_before = polls(&t, "r-a").unwrap();
+    wait_polls(addr, "r-a", a_before + 2.0).await;
+    let stats = sim_stats(sim).await;
+    assert!(stats["requests"]["r-c"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["rejected"].as_object().unwrap().is_empty(), "{stats}");
+    assert_eq!(
+        sim_stats(other).await["received"],
+        0,
+        "the new [das] endpoint was used"
+    );
+    assert!(
+        std::net::TcpStream::connect(moved).is_err(),
+        "the new listen address was bound"
+    );
+}
+
+/// `[poll] concurrency` and `max_requests_per_second` apply at once, also to polls already
+/// waiting for a slot under the old limits. Concurrency: six instances whose answers the
+/// simulator holds; with `concurrency = 1` one request is in flight, and the other five wait for
+/// a slot that cannot free up until the test releases the first; raising it to 3 must bring the
+/// count to 3 while the first is still held. Rate: with one request per 100 s, six instances need
+/// minutes; raised to 50/s, the five waiting are all polled within the test's wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_limits_apply_at_once_to_waiting_polls() {
+    let ids: Vec<String> = (0..6).map(|i| format!("r-lim-{i}")).collect();
+    let mut sim_toml = String::from("sessions = 3\n");
+    for id in &ids {
+        sim_toml.push_str(&format!(
+            "[instances.{id}]\nfault = {{ kind = \"hold\" }}\n"
+        ));
+    }
+    let (_sim, sim) = start_simulator(&sim_toml);
+    let file = |concurrency: usize, rate: &str| {
+        let mut c = format!(
+            "[das]\nendpoint = \"http://{sim}\"\ntimeout = \"300s\"\n[poll]\ninterval = \"600s\"\n\
+             concurrency = {concurrency}\nmax_requests_per_second = {rate}\n"
+        );
+        for id in &ids {
+            c.push_str(&format!("[[instances]]\nid = \"{id}\"\n"));
+        }
+        c
+    };
+    let (exp, addr) = start_exporter(&file(1, "1000"), &[]);
+    let stats = || async { sim_stats(sim).await };
+    wait_until("one request in flight", WAIT, || async {
+        (stats().await["in_flight"] == 1).then_some(())
+    })
+    .await;
+    // Nothing else starts while the one slot is taken (the queue is waiting, not idle).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = stats().await;
+    assert_eq!(s["max_in_flight"], 1, "{s}");
+    assert_eq!(s["received"], 1, "{s}");
+
+    write_config(&exp, &file(3, "1000"));
+    let (status, body) = post_reload(addr).await;
+    assert_eq!(status, 200, "{body}");
+    wait_until("three requests in flight", WAIT, || async {
+        (stats().await["in_flight"] == 3).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = stats().await;
+    assert_eq!(s["max_in_flight"], 3, "never more than the new limit: {s}");
+
+    // Rate: release everything under a limit of one request per 100 s, with room for all six.
+    write_config(&exp, &file(10, "0.01"));
+    let (status, body) = post_reload(addr).await;
+    assert_eq!(status, 200, "{body}");
+    for id in &ids {
+        clear_fault(sim, id).await;
+    }
+    wait_until("the held polls answered", WAIT, || async {
+        (stats().await["in_flight"] == 0).then_some(())
+    })
+    .await;
+    let polled = |s: &serde_json::Value| {
+        ids.iter()
+            .filter(|id| s["requests"][id.as_str()].as_u64().unwrap_or(0) >= 1)
+            .count()
+    };
+    let before = polled(&stats().await);
+    assert!(
+        before < ids.len(),
+        "all six polled already: {}",
+        stats().await
+    );
+    write_config(&exp, &file(10, "50"));
+    let (status, body) = post_reload(addr).await;
+    assert_eq!(status, 200, "{body}");
+    wait_until("every instance polled", Duration::from_secs(20), || async {
+        (polled(&stats().await) == ids.len()).then_some(())
+    })
+    .await;
 }

@@ -23,6 +23,10 @@ const CONFIG: &str = "[das]\nendpoint = \"http://127.0.0.1:9\"\n[poll]\ninterval
 
 /// Starts the exporter with `--web.config.file web.yml` and `files` next to it.
 fn start(files: &[(&str, &str)]) -> (Proc, SocketAddr) {
+    start_with_env(files, &[])
+}
+
+fn start_with_env(files: &[(&str, &str)], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
     let mut all = vec![("config.toml", CONFIG)];
     all.extend_from_slice(files);
     let p = spawn(
@@ -34,7 +38,7 @@ fn start(files: &[(&str, &str)]) -> (Proc, SocketAddr) {
             "--web.config.file",
             "web.yml",
         ],
-        &[],
+        env,
         &all,
     );
     let addr = exporter_addr(&p);
@@ -264,6 +268,103 @@ async fn tls_versions() {
     assert!(status(&builder(Version::TLS_1_2), addr, "/metrics", None)
         .await
         .is_err());
+}
+
+/// `max_version: TLS12`: a client that insists on TLS 1.3 is refused, a TLS 1.2 one served.
+#[tokio::test]
+async fn max_version_caps_the_protocol() {
+    let ca = Ca::new("test CA");
+    let (crt, key) = ca.leaf("exporter", true);
+    let web = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  max_version: TLS12\n";
+    let (_exp, addr) = start(&[("web.yml", web), ("server.crt", &crt), ("server.key", &key)]);
+    let client = |min: Version, max: Version| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .timeout(Duration::from_secs(10))
+            .min_tls_version(min)
+            .max_tls_version(max)
+            .build()
+            .unwrap()
+    };
+    assert_eq!(
+        status(
+            &client(Version::TLS_1_2, Version::TLS_1_2),
+            addr,
+            "/metrics",
+            None
+        )
+        .await
+        .unwrap(),
+        200
+    );
+    let only_13 = status(
+        &client(Version::TLS_1_3, Version::TLS_1_3),
+        addr,
+        "/metrics",
+        None,
+    )
+    .await;
+    assert!(only_13.is_err(), "TLS 1.3 was served: {only_13:?}");
+}
+
+/// An empty web config file serves plain HTTP without authentication, as without the flag.
+#[tokio::test]
+async fn an_empty_web_config_serves_plain_http() {
+    let (_exp, addr) = start(&[("web.yml", "")]);
+    let (s, _, body) = get(addr, "/metrics", &[]).await;
+    assert_eq!(s, 200);
+    assert!(String::from_utf8(body)
+        .unwrap()
+        .contains("redis_session_exporter_build_info"));
+    assert_eq!(get(addr, "/", &[]).await.0, 200);
+}
+
+/// A client that opens a connection and never says hello is dropped when the handshake's 10 s
+/// run out (logged at debug), and meanwhile other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_dropped_and_does_not_block_others() {
+    use std::io::Read;
+    let ca = Ca::new("test CA");
+    let (crt, key) = ca.leaf("exporter", true);
+    let web = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+    let (exp, addr) = start_with_env(
+        &[("web.yml", web), ("server.crt", &crt), ("server.key", &key)],
+        &[("RUST_LOG", "debug")],
+    );
+    let opened = std::time::Instant::now();
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // Served while the stalled handshake is pending.
+    assert_eq!(
+        status(&client(&ca.pem(), None), addr, "/metrics", None)
+            .await
+            .unwrap(),
+        200
+    );
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        stalled.read(&mut buf)
+    });
+    exp.wait_for_line("TLS handshake timed out", Duration::from_secs(40));
+    let read = reader.join().unwrap();
+    assert!(
+        matches!(&read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection was not closed: {read:?}"
+    );
+    // A lower bound only: the server may not give up before the documented 10 s.
+    assert!(
+        opened.elapsed() >= Duration::from_secs(9),
+        "dropped after {:?}",
+        opened.elapsed()
+    );
 }
 
 #[tokio::test]

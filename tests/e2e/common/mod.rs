@@ -2,6 +2,7 @@
 //! with its output captured so tests can read what it logged.
 
 pub mod pki;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -39,11 +40,46 @@ impl Proc {
         wait_exit(&mut self.child, Duration::from_secs(15))
     }
 
+    /// Sends `sig` (e.g. `HUP`); panics if it could not be delivered.
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
+        let status = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
-            .status();
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed: {status}");
+    }
+
+    /// How many printed lines contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until exactly `n` printed lines contain `needle` (more is a failure too).
+    pub fn wait_for_lines(&self, needle: &str, n: usize, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            let seen = self.count_lines(needle);
+            assert!(
+                seen <= n,
+                "{seen} lines containing {needle:?}, expected {n}; output:\n{}",
+                self.output()
+            );
+            if seen == n {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{seen} lines containing {needle:?}, expected {n}; output:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until a printed line contains `needle`; returns that line.
@@ -358,6 +394,20 @@ pub async fn sim_stats(sim: SocketAddr) -> serde_json::Value {
     serde_json::from_slice(&body).unwrap()
 }
 
+/// Sets `instance`'s fault on the simulator (`fault` is the fault's JSON, e.g.
+/// `{"kind":"no_permission"}`).
+pub async fn set_fault(sim: SocketAddr, instance: &str, fault: &str) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = client
+        .put(format!("http://{sim}/_sim/faults/{instance}"))
+        .header("content-type", "application/json")
+        .body(fault.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "set fault {fault}: {}", r.status());
+}
+
 pub async fn clear_fault(sim: SocketAddr, instance: &str) {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     client
@@ -399,4 +449,51 @@ pub fn run_tool(tool: &str, args: &[&str], input: &str, stdin: bool) -> (bool, S
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Each needle raw, percent-encoded once and twice (a signed query holds the token encoded once,
+/// a string to sign twice), both the vendor's way (`A-Z a-z 0-9 - _ . ~` kept) and with every
+/// non-alphanumeric byte encoded.
+pub fn needles(secrets: &[String]) -> Vec<String> {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const VENDOR: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let mut out: Vec<String> = Vec::new();
+    for s in secrets {
+        out.push(s.clone());
+        for set in [VENDOR, NON_ALPHANUMERIC] {
+            let once = utf8_percent_encode(s, set).to_string();
+            let twice = utf8_percent_encode(&once, set).to_string();
+            out.extend([once, twice]);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Asserts none of `secrets` appears in the exporter's output, /metrics (both formats), `/`.
+pub async fn assert_no_leak(p: &Proc, addr: SocketAddr, secrets: &[String]) {
+    let (_, _, landing) = get(addr, "/", &[]).await;
+    let places = [
+        ("output", p.output()),
+        ("metrics", scrape_text(addr).await),
+        ("openmetrics", scrape_om(addr).await),
+        ("landing page", String::from_utf8(landing).unwrap()),
+    ];
+    for (where_, text) in &places {
+        for n in needles(secrets) {
+            assert!(
+                !text.contains(&n),
+                "{n:?} leaked into the {where_}:\n{text}"
+            );
+        }
+    }
+    assert!(
+        p.output().contains("DEBUG"),
+        "the exporter really ran at trace level"
+    );
 }
