@@ -7,7 +7,7 @@
 //! encoding, one build at a time, on the blocking pool. Bodies are `Bytes` shared by every scrape
 //! that serves them, so a hundred slow readers hold one copy, not a hundred. A gzip body is
 //! encoded straight into the compressor: the 13 MB plain text is never held unless a plain scrape
-//! asks for it.
+//! asks for it, and a build drops the bodies that can no longer be served.
 //!
 //! Freshness: when building is quick (a small fleet: under [`QUICK_BUILD`]), every scrape waits
 //! for a body that shows everything published before it arrived. When it is slow (a large fleet
@@ -176,7 +176,21 @@ impl BodyCache {
         slot.last_build_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         slot.body.store(Some(body.clone()));
+        self.drop_unservable(key);
         Ok(body)
+    }
+
+    /// Drops the bodies no scrape can be served any more (behind `key` and older than
+    /// [`MAX_STALE`]), so that a one-off plain scrape of a large fleet does not keep 13 MB alive
+    /// until the next one. Scrapes still sending one keep their own reference.
+    fn drop_unservable(&self, key: u64) {
+        for slot in self.slots.iter().flatten() {
+            slot.body.rcu(|b| {
+                b.as_ref()
+                    .filter(|b| b.key >= key || b.built.elapsed() < MAX_STALE)
+                    .cloned()
+            });
+        }
     }
 }
 
@@ -287,6 +301,29 @@ mod tests {
                 "{enc:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_build_drops_bodies_that_can_no_longer_be_served() {
+        let (store, _metrics, cache) = setup();
+        cache.body(Format::Text, Encoding::Identity).await.unwrap();
+        let plain = cache.slot(Format::Text, Encoding::Identity);
+        age(plain, Duration::ZERO);
+        store.publish(entry("r-b"));
+        cache
+            .body(Format::OpenMetrics, Encoding::Gzip)
+            .await
+            .unwrap();
+        assert!(plain.body.load().is_some(), "young: it may still be served");
+        age(plain, MAX_STALE + Duration::from_millis(1));
+        store.publish(entry("r-c"));
+        cache
+            .body(Format::OpenMetrics, Encoding::Gzip)
+            .await
+            .unwrap();
+        assert!(plain.body.load().is_none(), "behind and old: dropped");
+        let gz = cache.slot(Format::OpenMetrics, Encoding::Gzip);
+        assert!(gz.body.load().is_some(), "the body just built stays");
     }
 
     #[tokio::test]
