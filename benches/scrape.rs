@@ -31,6 +31,7 @@ fn store(instances: usize, metrics: &ProcessMetrics) -> Arc<Store> {
                 last_success_unix: Some(1.7e9),
                 snapshot_timestamp_unix: Some(1.7e9),
                 last_duration_seconds: Some(0.1),
+                max_connections: Some(10_000),
             }),
             ..InstanceEntry::pending(&id)
         });

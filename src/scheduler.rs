@@ -437,6 +437,7 @@ fn record(
             last_success_unix: st.last_success_unix,
             snapshot_timestamp_unix: st.snapshot_timestamp_unix,
             last_duration_seconds: st.last_duration_seconds,
+            max_connections: None,
         }),
     }
 }

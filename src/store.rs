@@ -61,6 +61,8 @@ pub struct InstanceSeries {
     pub last_success_unix: Option<f64>,
     pub snapshot_timestamp_unix: Option<f64>,
     pub last_duration_seconds: Option<f64>,
+    /// The connection limit, when known (configured, discovered, or read by the direct source).
+    pub max_connections: Option<u64>,
 }
 
 /// The map of published entries.

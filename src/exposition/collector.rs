@@ -138,6 +138,7 @@ fn samples(fam: Fam, s: &InstanceSeries, out: &mut impl Out) -> fmt::Result {
     match (fam, snap, direct) {
         (Fam::Sessions, Some(s), _) => pairs(out, "node_id", &s.by_node),
         (Fam::SessionsReported, Some(s), _) => out.gauge(&[], s.reported_total),
+        (Fam::Unlisted, Some(s), _) => out.gauge(&[], s.reported_total.saturating_sub(s.sessions)),
         (Fam::BySource, Some(s), _) => pairs(out, "source", &s.by_source),
         (Fam::ByCommand, Some(s), _) => pairs(out, "command", &s.by_command),
         (Fam::ByDb, Some(s), _) => {
@@ -194,6 +195,10 @@ fn samples(fam: Fam, s: &InstanceSeries, out: &mut impl Out) -> fmt::Result {
                 .collect();
             out.gauge(&labels, 1u64)
         }
+        (Fam::MaxConnections, ..) => match s.max_connections {
+            Some(n) => out.gauge(&[], n),
+            None => Ok(()),
+        },
         // The snapshot's families after a failed poll, the direct source's for other sources,
         // and `Instances`, which `encode_instances` writes from the whole store.
         _ => Ok(()),

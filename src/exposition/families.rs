@@ -49,6 +49,8 @@ families! {
         "Client sessions per proxy or data node, from the last successful poll (fetched in the background).";
     SessionsReported => "redis_sessions_reported", Gauge,
         "Total number of sessions as reported by the API (Data.Total).";
+    Unlisted => "redis_sessions_unlisted", Gauge,
+        "Sessions counted in Data.Total but not listed in the answer (0 when it lists them all).";
     BySource => "redis_sessions_by_source", Gauge,
         "Sessions per client source IP; the largest max_sources, the rest summed in source=\"other\".";
     ByCommand => "redis_sessions_by_command", Gauge,
@@ -100,6 +102,8 @@ families! {
         "Duration of the last poll of the instance, retries included.";
     InstanceInfo => "redis_session_instance_info", Gauge,
         "Always 1; carries the instance's configured labels.";
+    MaxConnections => "redis_session_instance_max_connections", Gauge,
+        "The instance's connection limit: [[instances]] max_connections, DescribeInstances Connections, or maxclients (direct source); absent when unknown.";
     // Derived from the store as a whole, not from one instance.
     Instances => "redis_session_exporter_instances", Gauge,
         "Instances this exporter polls.";

@@ -47,6 +47,7 @@ fn fixture() -> (Arc<Store>, ProcessMetrics) {
         last_success_unix: Some(1_700_000_000.5),
         snapshot_timestamp_unix: Some(1_700_000_000.123),
         last_duration_seconds: Some(0.25),
+        max_connections: Some(20_000),
     };
     let down = InstanceSeries {
         snapshot: None,
@@ -290,6 +291,8 @@ fn failed_instance_exports_health_only_and_a_pending_one_nothing() {
             "redis_session_exporter_poll_errors_total",
             "redis_session_exporter_polls_total",
             "redis_session_instance_info",
+            // What the instance is, not what its last answer said: exported whatever the poll.
+            "redis_session_instance_max_connections",
             "redis_session_last_success_timestamp_seconds",
             "redis_session_up",
         ]
@@ -340,6 +343,8 @@ fn values_and_labels() {
         );
         assert_eq!(v("redis_sessions", &[("node_id", "p1")]), 1.0);
         assert_eq!(v("redis_sessions_reported", &[]), 2.0);
+        assert_eq!(v("redis_sessions_unlisted", &[]), 0.0);
+        assert_eq!(v("redis_session_instance_max_connections", &[]), 20_000.0);
         assert_eq!(
             v("redis_sessions_by_source", &[("source", "10.0.0.1")]),
             2.0
@@ -559,5 +564,32 @@ fn forgotten_instances_and_regions_leave_no_series() {
     assert!(
         !after.contains("redis_session_exporter_poll_errors"),
         "{after}"
+    );
+}
+
+#[test]
+fn unlisted_sessions_are_the_reported_ones_not_listed_never_negative() {
+    let store = Arc::new(Store::new());
+    let metrics = ProcessMetrics::new("x");
+    // Two sessions listed (see `snapshot`); the API counted 5, or 1.
+    for (id, total) in [("r-short", 5), ("r-over", 1)] {
+        let mut snap = snapshot();
+        snap.reported_total = total;
+        store.publish(InstanceEntry {
+            status: Status::Up { sessions: 2 },
+            series: Some(InstanceSeries {
+                snapshot: Some(snap),
+                ..Default::default()
+            }),
+            ..InstanceEntry::pending(id)
+        });
+    }
+    let out = encode(Format::Text, &registry(store, &metrics), 0).unwrap();
+    let unlisted = |id| value(&out, "redis_sessions_unlisted", &[("instance_id", id)]);
+    assert_eq!(unlisted("r-short"), Some(3.0));
+    assert_eq!(unlisted("r-over"), Some(0.0));
+    assert!(
+        !out.contains("redis_session_instance_max_connections"),
+        "unknown: absent"
     );
 }
