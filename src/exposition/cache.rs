@@ -13,11 +13,13 @@
 //! for a body that shows everything published before it arrived. When it is slow (a large fleet
 //! scraped often, where polls land many times a second), a body younger than [`MAX_STALE`] is
 //! served at once, and once it is older than [`REBUILD_AFTER`] the next one is built in the
-//! background: no scrape pays for a build, and however many scrapers there are, building takes
-//! at most one build per [`REBUILD_AFTER`] and format. A scrape that waits takes the first body
-//! built after it arrived, so scrapers waiting together share one build.
+//! background (the body stays served until that build lands, however long it takes on a busy
+//! machine): no scrape pays for a build, and however many scrapers there are, building takes at
+//! most one build per [`REBUILD_AFTER`] and format. An older body (a lone Prometheus every 15 s)
+//! is not served: the scrape waits, and takes the first body built after it arrived, so
+//! scrapers waiting together share one build.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,8 @@ struct Slot {
     building: Arc<tokio::sync::Mutex<()>>,
     /// How long the last build took, in microseconds.
     last_build_us: AtomicU64,
+    /// True while a build started in the background (by a scrape that did not wait) runs.
+    background: AtomicBool,
 }
 
 /// The registry and its last bodies.
@@ -119,15 +123,24 @@ impl BodyCache {
             return Ok(b.clone());
         }
         let slow = slot.last_build_us.load(Ordering::Relaxed) >= QUICK_BUILD.as_micros() as u64;
-        if let Some(b) = current.filter(|b| slow && b.built.elapsed() < MAX_STALE) {
+        // While a background build runs, the body it replaces is served whatever its age: it was
+        // younger than MAX_STALE when the build started, so it is one build behind at most.
+        let servable =
+            |b: &Body| b.built.elapsed() < MAX_STALE || slot.background.load(Ordering::Acquire);
+        if let Some(b) = current.filter(|b| slow && servable(b)) {
             if b.built.elapsed() < REBUILD_AFTER {
                 return Ok(b);
             }
             if let Ok(guard) = slot.building.clone().try_lock_owned() {
+                slot.background.store(true, Ordering::Release);
                 let this = self.clone();
                 tokio::task::spawn_blocking(move || {
                     let _guard = guard;
-                    this.build(fmt, enc)
+                    let built = this.build(fmt, enc);
+                    this.slot(fmt, enc)
+                        .background
+                        .store(false, Ordering::Release);
+                    built
                 });
             }
             return Ok(b);
@@ -393,6 +406,29 @@ mod tests {
         let fresh = fresh.expect("the background build lands");
         assert!(gunzip(&fresh.bytes).contains("r-b"));
         assert!(Arc::ptr_eq(&cache.body(fmt, enc).await.unwrap(), &fresh));
+    }
+
+    #[tokio::test]
+    async fn a_body_stays_served_while_its_background_build_runs() {
+        let (store, _metrics, cache) = setup();
+        let (fmt, enc) = (Format::Text, Encoding::Gzip);
+        cache.body(fmt, enc).await.unwrap();
+        let slot = cache.slot(fmt, enc);
+        slot.last_build_us.store(1_000_000, Ordering::Relaxed);
+        store.publish(entry("r-b"));
+        // A background build holds the lock (as on a busy machine, for longer than MAX_STALE).
+        let guard = slot.building.clone().try_lock_owned().unwrap();
+        slot.background.store(true, Ordering::Release);
+        let old = age(slot, MAX_STALE * 3);
+        let served = tokio::time::timeout(Duration::from_secs(5), cache.body(fmt, enc))
+            .await
+            .expect("served without waiting for the build")
+            .unwrap();
+        assert!(Arc::ptr_eq(&served, &old));
+        drop(guard);
+        slot.background.store(false, Ordering::Release);
+        // No build under way any more: the old body is not served.
+        assert!(gunzip(&cache.body(fmt, enc).await.unwrap().bytes).contains("r-b"));
     }
 
     #[tokio::test]
