@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use redis_session_exporter::discovery::{decode_page, select, DiscoveryConfig, PAGE_SIZE};
-use redis_session_exporter::fleet::{effective, Sharding};
+use redis_session_exporter::config::{DiscoveryConfig, Sharding};
+use redis_session_exporter::discovery::{decode_page, select, PAGE_SIZE};
+use redis_session_exporter::fleet::effective;
 
 const INSTANCES: usize = 5_000;
 

@@ -240,6 +240,16 @@ inst = dict(old.get("instance_id", {}), **{
 # No allValue: "All" expands to the instances listed, so the label variables filter every panel.
 inst.pop("allValue", None)
 variables.append(inst)
+# The connection limit the utilization panel assumes where the exporter knows none, as the rules do.
+variables.append({
+    "name": "default_max_connections", "label": "Default connection limit",
+    "description": "DEFAULT_MAX_CONNECTIONS of deploy/prometheus/rules.env.",
+    "type": "constant", "query": values["DEFAULT_MAX_CONNECTIONS"], "hide": 2, "skipUrlSync": False,
+    "current": {"selected": False, "text": values["DEFAULT_MAX_CONNECTIONS"],
+                "value": values["DEFAULT_MAX_CONNECTIONS"]},
+    "options": [],
+})
+generated.add("default_max_connections")
 variables += [v for v in dash["templating"]["list"] if v["name"] not in generated]
 dash["templating"]["list"] = variables
 

@@ -105,6 +105,11 @@ run_step() {
   fi
 }
 
+# The settings of the rules (deploy/prometheus/rules.env) the checks below compare with.
+RULES_INSTANCE_LABELS=$(sed -n 's/^INSTANCE_LABELS=//p' deploy/prometheus/rules.env)
+RULES_RUNBOOK_BASE_URL=$(sed -n 's/^RUNBOOK_BASE_URL=//p' deploy/prometheus/rules.env)
+export RULES_INSTANCE_LABELS RULES_RUNBOOK_BASE_URL
+
 tmpdir=$(mktemp -d)
 trap 'rm -rf "$tmpdir"' EXIT
 
@@ -352,13 +357,7 @@ import sys
 import yaml
 
 errors = []
-settings = {}
-with open("deploy/prometheus/rules.env") as f:
-    for line in f:
-        if line.strip() and not line.startswith("#"):
-            k, _, v = line.strip().partition("=")
-            settings[k] = v
-join = ("* on (instance_id) group_left (" + ", ".join(settings["INSTANCE_LABELS"].split(",")) + ")"
+join = ("* on (instance_id) group_left (" + ", ".join(os.environ["RULES_INSTANCE_LABELS"].split(",")) + ")"
         " instance_id:redis_session_instance_info:one")
 with open("deploy/prometheus/alert-rules.yml") as f:
     alert_groups = yaml.safe_load(f)["groups"]
@@ -380,7 +379,7 @@ for g in alert_groups:
             if not ann.get(key):
                 errors.append(f"{name}: annotation {key} missing")
         url = ann.get("runbook_url", "")
-        if url != settings["RUNBOOK_BASE_URL"] + f"{name}.md":
+        if url != os.environ["RULES_RUNBOOK_BASE_URL"] + f"{name}.md":
             errors.append(f"{name}: runbook_url must be RUNBOOK_BASE_URL (rules.env) + {name}.md")
         if not os.path.isfile(f"docs/runbooks/{name}.md"):
             errors.append(f"{name}: no runbook docs/runbooks/{name}.md")
@@ -456,6 +455,7 @@ step_dashboard() {
   for f in deploy/grafana/*.json; do
     "$PY" - "$f" "$tmpdir/dashboard-queries.yml" <<'PY' || { rc=1; continue; }
 import json
+import os
 import re
 import sys
 
@@ -491,13 +491,7 @@ if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
 # One variable per instance label alerts route on (INSTANCE_LABELS of rules.env), and the
 # instance_id variable filtered by all of them; "All" expands to the instances listed (no
 # allValue), so that the label variables filter every panel.
-settings = {}
-with open("deploy/prometheus/rules.env") as f:
-    for line in f:
-        if line.strip() and not line.startswith("#"):
-            k, _, v = line.strip().partition("=")
-            settings[k] = v
-labels = [x.strip() for x in settings["INSTANCE_LABELS"].split(",")]
+labels = [x.strip() for x in os.environ["RULES_INSTANCE_LABELS"].split(",")]
 for name in labels:
     v = variables.get(name)
     if not v or v.get("type") != "query" or not v.get("multi") or not v.get("includeAll") \
@@ -592,7 +586,10 @@ for i, (where, e) in enumerate(exprs):
             errors.append(f"{where}: undefined variable ${name}")
     # What the end-to-end test runs: variables as match-all regexes, $__rate_interval as 1m.
     sub = re.sub(r"\$\{?__rate_interval\}?", "1m", e)
-    sub = re.sub(r"\$\{?(\w+)\}?", ".*", sub)
+    # Constants by their value, the other variables as "All".
+    sub = re.sub(r"\$\{?(\w+)\}?",
+                 lambda m: str(variables[m.group(1)].get("query", "")) if variables.get(m.group(1), {}).get("type") == "constant"
+                 else ".*", sub)
     rules.append({"record": f"dashboard_query_{i}", "expr": sub})
 
 with open(rules_out, "w") as f:

@@ -1,9 +1,10 @@
 //! Wires config, credentials, source, scheduler, store and server into the running exporter, and
 //! owns the one place where the instance set changes: the control loop.
 //!
-//! Everything that changes what is polled (a reload, a discovery refresh) is a [`Control`]
-//! message to that loop, which recomputes the effective set ([`crate::fleet::effective`]) and
-//! hands it to [`Scheduler::apply`]. One owner, no locks around the scheduler.
+//! Everything that changes what is polled reaches that loop as a typed message: a
+//! [`ReloadRequest`] from the server or SIGHUP, a [`discovery::Update`] from a discovery task. The
+//! loop recomputes the effective set ([`crate::fleet::effective`]) and hands it to
+//! [`Scheduler::apply`]. One owner, no locks around the scheduler.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,40 +12,26 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::acs;
+use crate::attribution::{self, Attribution, Networks};
 use crate::config::{Config, InstanceConfig};
-use crate::credentials::CredentialProvider;
+use crate::credentials::{CredentialProvider, Health};
 use crate::das::DasClient;
+use crate::direct::DirectSource;
 use crate::discovery::{self, SourceKey};
+use crate::exposition;
 use crate::fleet;
 use crate::metrics::ProcessMetrics;
 use crate::scheduler::Scheduler;
-use crate::server::{app, AppState};
-use crate::source::Source;
+use crate::server::{self, app, AppState, ReloadHandle, ReloadRequest, WebConfig};
+use crate::source::{self, Source};
 use crate::store::Store;
-use crate::webconfig::{self, WebConfig};
 
 /// Re-reads the configuration (file, environment, flags) for a reload.
 pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
-
-/// Messages to the control loop.
-#[derive(Debug)]
-pub enum Control {
-    /// Re-read the configuration; the reply says whether it was applied.
-    Reload {
-        reply: Option<oneshot::Sender<Result<(), String>>>,
-    },
-    /// A discovery source's current list (replaces that source's previous list).
-    Discovered {
-        key: String,
-        instances: Vec<InstanceConfig>,
-    },
-}
-
-/// Handle to the control loop.
-pub type ControlSender = mpsc::Sender<Control>;
 
 /// Runs the exporter until `shutdown` is cancelled. `on_bound` learns the listening address
 /// (useful with port 0).
@@ -67,53 +54,54 @@ pub async fn run_with_web(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let listener = crate::connections::bind(cfg.server.listen)
+    let listener = crate::server::connections::bind(cfg.server.listen)
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
     let addr = listener.local_addr()?;
 
     let store = Arc::new(Store::new());
     let metrics = ProcessMetrics::default();
-    let inventory = Arc::new(
-        discovery::Shared::new(
-            credentials.clone(),
-            cfg.das.timeout,
-            cfg.das.max_body_bytes,
-            metrics.clone(),
-        )
-        .context("building the HTTP client")?,
-    );
-    let source: Arc<dyn Source> = Arc::new(crate::source::Router {
-        das: Arc::new(
-            DasClient::new(&cfg.das, credentials.clone()).context("building the HTTP client")?,
-        ),
-        direct: Arc::new(crate::direct::DirectSource::new()),
+    // One client for every call to the cloud (DAS and discovery): `[das]` timeout and body cap.
+    let acs = acs::Client::new(
+        cfg.das.timeout,
+        cfg.das.max_body_bytes,
+        "das.max_body_bytes",
+    )
+    .context("building the HTTP client")?;
+    let inventory = Arc::new(discovery::Shared::new(
+        acs.clone(),
+        credentials.clone(),
+        metrics.clone(),
+    ));
+    let source: Arc<dyn Source> = Arc::new(source::Router {
+        das: Arc::new(DasClient::new(acs, &cfg.das.endpoint, credentials.clone())),
+        direct: Arc::new(DirectSource::new()),
     });
     tokio::spawn(publish_credential_health(
         credentials.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
-    let (tx, rx) = mpsc::channel(16);
+    let (reload, reloads) = ReloadHandle::channel();
     let control = tokio::spawn(control_loop(
         cfg.clone(),
         source,
         (store.clone(), metrics.clone()),
         reloader,
-        (tx.clone(), rx),
+        reloads,
         inventory,
         shutdown.clone(),
     ));
     #[cfg(unix)]
-    reload_on_sighup(tx.clone(), shutdown.clone());
+    reload_on_sighup(reload.clone(), shutdown.clone());
 
     on_bound(addr);
     let (tls, basic_auth) = web
         .as_ref()
         .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
-    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total_shards, interval = ?cfg.poll.interval, "serving /metrics");
-    let bodies = Arc::new(crate::exposition::body_cache(store.clone(), &metrics));
-    let router = app(AppState::new(store, bodies).with_control(tx));
-    webconfig::serve(
+    tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total, interval = ?cfg.poll.interval, "serving /metrics");
+    let bodies = Arc::new(exposition::body_cache(store.clone(), &metrics));
+    let router = app(AppState::new(store, bodies).with_reload(reload));
+    server::serve(
         listener,
         router,
         web.as_ref(),
@@ -134,20 +122,24 @@ async fn control_loop(
     source: Arc<dyn Source>,
     (store, metrics): (Arc<Store>, ProcessMetrics),
     reloader: Option<Reloader>,
-    (tx, mut rx): (ControlSender, mpsc::Receiver<Control>),
+    mut reloads: mpsc::Receiver<ReloadRequest>,
     inventory: Arc<discovery::Shared>,
     shutdown: CancellationToken,
 ) {
-    let mut discovered: BTreeMap<String, Vec<InstanceConfig>> = BTreeMap::new();
+    let (updates_tx, mut updates) = mpsc::channel(16);
+    let mut discovered: BTreeMap<SourceKey, Vec<InstanceConfig>> = BTreeMap::new();
     // Bumped whenever a reload changes `[[discovery]]`; lists from older tasks are ignored.
     let mut generation = 0u64;
-    let mut discovery = discovery::start(
-        &cfg.discovery,
-        generation,
-        inventory.clone(),
-        tx.clone(),
-        &shutdown,
-    );
+    let start_discovery = |cfg: &Config, generation| {
+        discovery::start(
+            &cfg.discovery,
+            generation,
+            inventory.clone(),
+            updates_tx.clone(),
+            &shutdown,
+        )
+    };
+    let mut discovery = start_discovery(&cfg, generation);
     let mut scheduler = Scheduler::new(
         source,
         store.clone(),
@@ -155,13 +147,15 @@ async fn control_loop(
         &cfg,
         shutdown.clone(),
     );
+    if let Some(a) = start_attribution(&cfg, &metrics, &shutdown) {
+        scheduler = scheduler.with_attribution(a, cfg.attribution.idle_threshold);
+    }
     let apply = |scheduler: &mut Scheduler,
                  cfg: &Config,
-                 discovered: &BTreeMap<String, Vec<InstanceConfig>>| {
-        let sharding = cfg.sharding.sharding();
-        metrics.sharding(sharding.shard, sharding.total);
+                 discovered: &BTreeMap<SourceKey, Vec<InstanceConfig>>| {
+        metrics.sharding(cfg.sharding.shard, cfg.sharding.total);
         let mut effective = cfg.clone();
-        effective.instances = fleet::effective(&cfg.instances, discovered, sharding);
+        effective.instances = fleet::effective(&cfg.instances, discovered, cfg.sharding);
         scheduler.apply(&effective);
         if scheduler.is_empty() {
             tracing::warn!("no instances to poll");
@@ -172,12 +166,9 @@ async fn control_loop(
     metrics.config_loaded(true, SystemTime::now());
 
     loop {
-        let msg = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-        };
-        match msg {
-            Control::Reload { reply } => {
+            Some(ReloadRequest { reply }) = reloads.recv() => {
                 let outcome = match &reloader {
                     None => {
                         Err("this process was not started from a configuration file".to_owned())
@@ -189,25 +180,14 @@ async fn control_loop(
                             // Restart every discovery task; keep the lists of unchanged blocks
                             // (re-keyed to the new generation) until their first refresh.
                             generation += 1;
-                            std::mem::replace(
-                                &mut discovery,
-                                discovery::start(
-                                    &cfg.discovery,
-                                    generation,
-                                    inventory.clone(),
-                                    tx.clone(),
-                                    &shutdown,
-                                ),
-                            )
-                            .stop();
+                            std::mem::replace(&mut discovery, start_discovery(&cfg, generation))
+                                .stop();
                             discovered = std::mem::take(&mut discovered)
                                 .into_iter()
-                                .filter_map(|(k, v)| match SourceKey::parse(&k) {
-                                    Some(key) => (old.discovery.get(key.block)
-                                        == cfg.discovery.get(key.block))
-                                    .then(|| (SourceKey { generation, ..key }.to_string(), v)),
-                                    None => Some((k, v)),
+                                .filter(|(key, _)| {
+                                    old.discovery.get(key.block) == cfg.discovery.get(key.block)
                                 })
+                                .map(|(key, v)| (SourceKey { generation, ..key }, v))
                                 .collect();
                         }
                         apply(&mut scheduler, &cfg, &discovered);
@@ -227,14 +207,15 @@ async fn control_loop(
                     let _ = r.send(outcome);
                 }
             }
-            Control::Discovered { key, instances } => {
-                if SourceKey::parse(&key).is_some_and(|k| k.generation != generation) {
+            Some(discovery::Update { key, instances }) = updates.recv() => {
+                if key.generation != generation {
                     tracing::debug!(%key, "dropping a list from a discovery task that was replaced");
                     continue;
                 }
                 discovered.insert(key, instances);
                 apply(&mut scheduler, &cfg, &discovered);
             }
+            else => break,
         }
     }
     discovery.stop();
@@ -249,8 +230,63 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     if old.das != new.das {
         tracing::warn!("[das] changed; it takes effect after a restart");
     }
-    if format!("{:?}", old.credentials) != format!("{:?}", new.credentials) {
+    if old.credentials != new.credentials {
         tracing::warn!("[credentials] changed; it takes effect after a restart");
+    }
+    if old.attribution != new.attribution {
+        tracing::warn!("[attribution] changed; it takes effect after a restart");
+    }
+}
+
+/// Attribution as configured at start: the shared map, its watcher (with Kubernetes on), and a
+/// task publishing its own series. `None` when `[attribution]` names nothing to attribute with.
+fn start_attribution(
+    cfg: &Config,
+    metrics: &ProcessMetrics,
+    shutdown: &CancellationToken,
+) -> Option<Arc<Attribution>> {
+    let ac = &cfg.attribution;
+    if !ac.is_enabled() {
+        return None;
+    }
+    let a = Arc::new(
+        Attribution::new(Networks::new(ac.parsed_networks()), ac.kubernetes.enabled)
+            .counting_into(metrics.clone()),
+    );
+    if ac.kubernetes.enabled {
+        tokio::spawn(attribution::watch::run(
+            a.clone(),
+            ac.kubernetes.namespaces.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(publish_attribution_pods(
+        a.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        networks = ac.networks.len(),
+        kubernetes = ac.kubernetes.enabled,
+        namespaces = ?ac.kubernetes.namespaces,
+        "attribution on"
+    );
+    Some(a)
+}
+
+/// Keeps `redis_session_exporter_attribution_pods` current: the count moves with the watcher's
+/// work and with time (deleted pods are forgotten after a while), so it is read every second.
+async fn publish_attribution_pods(
+    a: Arc<Attribution>,
+    metrics: ProcessMetrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        metrics.attribution_pods(a.pods_known());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
     }
 }
 
@@ -261,6 +297,7 @@ async fn publish_credential_health(
     metrics: ProcessMetrics,
     shutdown: CancellationToken,
 ) {
+    let signal = credentials.health_signal();
     let mut last = None;
     let mut seen = BTreeMap::new();
     loop {
@@ -269,20 +306,26 @@ async fn publish_credential_health(
             publish_credential_rows(&metrics, &rows, &mut seen);
             last = Some(rows);
         }
+        let changed = async {
+            match &signal {
+                Some(s) => s.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = crate::credentials::health_change() => {}
+            _ = changed => {}
             // A backstop only: every change is signalled.
             _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
         }
     }
 }
 
-/// Turns provider health rows into the credential metrics: the expiry as given, the error
-/// counts as increments since the rows seen before.
+/// Turns provider health rows into the credential metrics: the providers shown, each one's
+/// expiry as given, and its error count as increments since the rows seen before.
 fn publish_credential_rows(
     metrics: &ProcessMetrics,
-    rows: &[crate::credentials::Health],
+    rows: &[Health],
     seen: &mut BTreeMap<&'static str, u64>,
 ) {
     seen.retain(|p, _| {
@@ -305,7 +348,7 @@ fn publish_credential_rows(
 /// is to terminate, so a reload sent right after start must not find it missing) and forwards
 /// each signal to the control loop.
 #[cfg(unix)]
-fn reload_on_sighup(tx: ControlSender, shutdown: CancellationToken) {
+fn reload_on_sighup(reload: ReloadHandle, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload with POST /-/reload");
@@ -318,7 +361,7 @@ fn reload_on_sighup(tx: ControlSender, shutdown: CancellationToken) {
                 s = hup.recv() => if s.is_none() { return },
             }
             tracing::info!("SIGHUP: reloading the configuration");
-            if tx.send(Control::Reload { reply: None }).await.is_err() {
+            if !reload.request().await {
                 return;
             }
         }

@@ -10,30 +10,15 @@
 //! new shard, where `mod` would move about `M/(M + 1)` of them.
 
 use std::collections::BTreeMap;
+use std::hash::Hasher as _;
 
-use crate::config::InstanceConfig;
+use crate::config::{InstanceConfig, Sharding};
 
-/// Which part of the fleet this replica owns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sharding {
-    pub shard: u32,
-    pub total: u32,
-}
-
-impl Default for Sharding {
-    fn default() -> Self {
-        Self { shard: 0, total: 1 }
-    }
-}
-
-/// FNV-1a, 64 bits.
+/// FNV-1a, 64 bits (the `fnv` crate's), of `bytes`.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    let mut h = fnv::FnvHasher::default();
+    h.write(bytes);
+    h.finish()
 }
 
 /// Jump consistent hash: the bucket in `[0, buckets)` of `key`, exactly as in the paper.
@@ -74,9 +59,9 @@ pub fn ordinal_from_hostname(hostname: &str) -> Result<u32, String> {
 /// source's refresh replaces only its own list. An instance both configured and discovered
 /// keeps its static settings; its inventory labels are added unless a static label has the
 /// same name.
-pub fn effective(
+pub fn effective<K>(
     configured: &[InstanceConfig],
-    discovered: &BTreeMap<String, Vec<InstanceConfig>>,
+    discovered: &BTreeMap<K, Vec<InstanceConfig>>,
     sharding: Sharding,
 ) -> Vec<InstanceConfig> {
     let mut out: BTreeMap<&str, InstanceConfig> = BTreeMap::new();
@@ -141,7 +126,7 @@ mod tests {
         let all: Vec<InstanceConfig> = (0..500)
             .map(|n| InstanceConfig::new(format!("r-{n}")))
             .collect();
-        let none = BTreeMap::new();
+        let none: BTreeMap<String, Vec<InstanceConfig>> = BTreeMap::new();
         let mut seen = std::collections::HashSet::new();
         for shard in 0..3 {
             let part = effective(&all, &none, Sharding { shard, total: 3 });

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use redis_session_exporter::config::{Config, Overrides};
+use redis_session_exporter::server::WebConfig;
 use redis_session_exporter::simulator::SimConfig;
-use redis_session_exporter::webconfig::WebConfig;
 use redis_session_exporter::{credentials, daemon, demo, fleet, simulator, telemetry};
 
 /// Prometheus exporter for the client sessions of ApsaraDB for Redis / Tair (DAS GetRedisAllSession).

@@ -3,7 +3,8 @@
 //! Every module that has something to count (the scheduler, discovery, the credential providers,
 //! the daemon's reload and sharding, the Alibaba Cloud client) gets a clone of [`ProcessMetrics`]
 //! and calls one method per event; [`ProcessMetrics::register`] puts the metrics in the registry
-//! that `exposition` encodes. This module imports nothing of the crate, so any module may use it.
+//! that `exposition` encodes. Below everything but `config` and `clock` in the layers, so any
+//! module may use it.
 //!
 //! Each method also moves [`ProcessMetrics::version`]: a cached /metrics body is current only while
 //! that number (and the store's generation) stays the same, so no event waits for a poll to show.
@@ -20,8 +21,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Metric, Registry};
 
+use crate::clock::unix_seconds;
+
 /// A gauge holding seconds (timestamps, durations).
 type SecondsGauge = Gauge<f64, AtomicU64>;
+
+/// The empty label set, for a family of one series that may be absent.
+type NoLabels = [(&'static str, &'static str); 0];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
@@ -47,6 +53,11 @@ struct RegionLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RegionCodeLabels {
     region: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
     code: String,
 }
 
@@ -109,6 +120,9 @@ struct Inner {
     discovery_instances: Family<RegionLabels, Gauge>,
     discovery_errors: CodeCounters<RegionCodeLabels>,
     discovery_last_success: Family<RegionLabels, SecondsGauge>,
+    /// One series (no labels) once attribution is on; none before, so the gauge is absent.
+    attribution_pods: Family<NoLabels, Gauge>,
+    attribution_errors: Family<CodeLabels, Counter>,
     shard_ordinal: Gauge,
     total_shards: Gauge,
     build_version: &'static str,
@@ -126,13 +140,6 @@ impl Default for ProcessMetrics {
     }
 }
 
-/// Seconds since the Unix epoch (0 for a time before it).
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
 impl ProcessMetrics {
     /// Metrics of a process whose `redis_session_exporter_build_info` says `version`.
     pub fn new(version: &'static str) -> Self {
@@ -148,6 +155,8 @@ impl ProcessMetrics {
             discovery_instances: Family::default(),
             discovery_errors: CodeCounters::default(),
             discovery_last_success: Family::default(),
+            attribution_pods: Family::default(),
+            attribution_errors: Family::default(),
             shard_ordinal: Gauge::default(),
             total_shards: Gauge::default(),
             build_version: version,
@@ -321,6 +330,30 @@ impl ProcessMetrics {
         self.changed();
     }
 
+    /// Pod IPs attribution knows now; the gauge shows from the first call on.
+    pub fn attribution_pods(&self, n: u64) {
+        let family = &self.inner.attribution_pods;
+        let new = family.get(&[]).is_none();
+        let g = family.get_or_create_owned(&[]);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        // Called every second: only a change may invalidate the cached bodies.
+        if new || g.get() != n {
+            g.set(n);
+            self.changed();
+        }
+    }
+
+    /// A failed Kubernetes list/watch call of attribution, by bounded code.
+    pub fn attribution_error(&self, code: &str) {
+        self.inner
+            .attribution_errors
+            .get_or_create(&CodeLabels {
+                code: code.to_owned(),
+            })
+            .inc();
+        self.changed();
+    }
+
     /// Registers every process-wide family in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         let i = &self.inner;
@@ -377,6 +410,18 @@ impl ProcessMetrics {
             "redis_session_exporter_discovery_last_success_timestamp_seconds",
             "Unix time of the last successful discovery refresh, per region.",
             i.discovery_last_success.clone(),
+        );
+        register(
+            registry,
+            "redis_session_exporter_attribution_pods",
+            "Pod IPs attribution currently knows (live pods, and deleted ones within 5 minutes).",
+            i.attribution_pods.clone(),
+        );
+        register(
+            registry,
+            "redis_session_exporter_attribution_errors",
+            "Failed Kubernetes list/watch calls of attribution, by code.",
+            i.attribution_errors.clone(),
         );
         register(
             registry,

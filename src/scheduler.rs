@@ -21,9 +21,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::attribution::Attribution;
 use crate::config::{Config, InstanceConfig};
 use crate::metrics::ProcessMetrics;
-use crate::snapshot::{Limits, Snapshot};
+use crate::snapshot::{Caps, Limits, Snapshot};
 use crate::source::{PollContext, PollError, Source, Throttle};
 use crate::store::{InstanceEntry, InstanceSeries, Status, Store};
 
@@ -34,6 +35,8 @@ pub struct Settings {
     pub timeout: Duration,
     pub limits: Limits,
     pub throttle: Arc<Throttle>,
+    /// Names the clients of every poll; `None` when attribution is off.
+    pub attribution: Option<Arc<Attribution>>,
 }
 
 impl Settings {
@@ -46,7 +49,17 @@ impl Settings {
                 cfg.poll.concurrency,
                 cfg.poll.max_requests_per_second,
             )),
+            attribution: None,
         }
+    }
+
+    /// Attribution as started (it is bound at start: a reload keeps it).
+    fn attributing(mut self, attribution: &Option<(Arc<Attribution>, u64)>) -> Self {
+        if let Some((a, idle_threshold)) = attribution {
+            self.attribution = Some(a.clone());
+            self.limits.client_idle_threshold = Some(*idle_threshold);
+        }
+        self
     }
 }
 
@@ -85,6 +98,8 @@ pub struct Scheduler {
     shutdown: CancellationToken,
     /// Reference point of every instance's grid.
     epoch: Instant,
+    /// Attribution and its idle threshold in seconds, when on.
+    attribution: Option<(Arc<Attribution>, u64)>,
 }
 
 impl Scheduler {
@@ -104,14 +119,27 @@ impl Scheduler {
             tasks: HashMap::new(),
             shutdown,
             epoch: Instant::now(),
+            attribution: None,
         }
+    }
+
+    /// Names the clients of every poll with `attribution` (sessions idle at least
+    /// `idle_threshold` count as long idle). Call before the first [`Scheduler::apply`].
+    pub fn with_attribution(
+        mut self,
+        attribution: Arc<Attribution>,
+        idle_threshold: Duration,
+    ) -> Self {
+        // Tasks start in `apply`, which builds their settings with it.
+        self.attribution = Some((attribution, idle_threshold.as_secs()));
+        self
     }
 
     /// Brings the running set in line with `cfg`: new instances start, removed ones stop and
     /// vanish from /metrics, changed ones restart with their counters kept.
     pub fn apply(&mut self, cfg: &Config) {
         let old = self.settings.load();
-        let mut next = Settings::from_config(cfg);
+        let mut next = Settings::from_config(cfg).attributing(&self.attribution);
         // One throttle for the process, changed in place: polls already waiting for a slot
         // (holding the old settings) must see new limits too. It keeps its rate history when the
         // rate is unchanged.
@@ -209,30 +237,12 @@ impl Scheduler {
     }
 }
 
-/// A stable offset in `[0, interval)` from the instance id (FNV-1a, so it is the same in every
-/// process and version).
+/// A stable offset in `[0, interval)` from the instance id (FNV-1a of what `str::hash` writes,
+/// so it is the same in every process and version).
 pub fn phase(id: &str, interval: Duration) -> Duration {
-    let mut h = Fnv1a::default();
+    let mut h = fnv::FnvHasher::default();
     id.hash(&mut h);
     interval.mul_f64((h.finish() % 10_000) as f64 / 10_000.0)
-}
-
-#[derive(Default)]
-struct Fnv1a(u64);
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        if self.0 == 0 {
-            self.0 = 0xcbf2_9ce4_8422_2325;
-        }
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 /// The first grid point strictly after `after`, and how many grid points were passed over
@@ -273,10 +283,7 @@ fn plan_after_poll(
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
+    crate::clock::unix_seconds(SystemTime::now())
 }
 
 /// What an instance task shares with the scheduler.
@@ -298,6 +305,8 @@ async fn run_instance(
 ) {
     let mut slot = Instant::now();
     let mut first = true;
+    // Which values of each capped breakdown hold a series: sticky from poll to poll.
+    let mut caps = Caps::default();
     loop {
         shared.interval.borrow_and_update();
         loop {
@@ -329,6 +338,10 @@ async fn run_instance(
             r = source.poll(&inst, &ctx) => r,
         };
         let took = started.elapsed();
+        let result = result.map(|mut snap| {
+            snap.apply_caps(&s.limits, &mut caps, s.attribution.as_deref());
+            snap
+        });
         let entry = record(&inst, &shared.state, result, took);
         {
             let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());

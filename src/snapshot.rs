@@ -1,11 +1,18 @@
 //! The typed aggregate of one instance's sessions, and the fold that builds it.
 //!
 //! A source feeds sessions one at a time into [`Fold::add`] (borrowed fields, nothing kept per
-//! session), then [`Fold::finish`] applies the cardinality caps and yields an immutable
-//! [`Snapshot`]. Every figure exported for an instance comes from one `Snapshot`.
+//! session), then [`Fold::finish`] bounds the breakdowns and yields a [`Snapshot`]; the
+//! scheduler then applies the sticky caps ([`Snapshot::apply_caps`], which remembers between
+//! polls which values hold a series) and names the clients (attribution). Every figure exported
+//! for an instance comes from one `Snapshot`.
+
+mod cap;
+
+pub use cap::Caps;
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::attribution::{Figures as ClientFigures, Workload};
 
 /// Upper bounds (`le`) of `redis_session_idle_seconds`; `+Inf` is implicit.
 pub const IDLE_BOUNDS: &[u64] = &[1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400];
@@ -79,55 +86,33 @@ pub fn parse_flag_bytes(flags: &[u8]) -> u32 {
     })
 }
 
-/// The Fx hash (rustc's): the fold's keys are short, trusted-enough strings from one answer
-/// whose map is dropped after the poll, so SipHash's flood resistance buys nothing here and
-/// costs a visible share of the fold (see BENCHMARKS.md).
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0xf135_7aea_2e62_a9c5;
-        let mut h = self.0;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            h = (h.rotate_left(26) ^ w).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            h = (h.rotate_left(26) ^ u64::from(b)).wrapping_mul(K);
-        }
-        self.0 = h;
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.0 = (self.0.rotate_left(26) ^ u64::from(i)).wrapping_mul(0xf135_7aea_2e62_a9c5);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// The Fx hash (rustc's, from `rustc-hash`): the fold's keys are short, trusted-enough strings
+/// from one answer whose map is dropped after the poll, so SipHash's flood resistance buys
+/// nothing here and costs a visible share of the fold (see BENCHMARKS.md). The scanner's label
+/// tally hashes with it too.
+pub use rustc_hash::FxHasher;
 
 /// The maps of the fold.
-pub type FoldMap = HashMap<Box<str>, u64, BuildHasherDefault<FxHasher>>;
+pub type FoldMap = HashMap<Box<str>, u64, rustc_hash::FxBuildHasher>;
 
-/// Cardinality caps, from `[limits]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub max_sources: usize,
-    pub max_commands: usize,
-    pub max_client_names: usize,
+/// Figures per client IP, and what counts as long idle.
+#[derive(Debug)]
+struct ClientTally {
+    idle_threshold: u64,
+    map: HashMap<Box<str>, ClientFigures, rustc_hash::FxBuildHasher>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_sources: 50,
-            max_commands: 100,
-            max_client_names: 50,
-        }
+impl ClientTally {
+    fn sorted(self) -> Vec<(String, ClientFigures)> {
+        let mut v: Vec<(String, ClientFigures)> =
+            self.map.into_iter().map(|(k, f)| (k.into(), f)).collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 }
+
+/// The caps the fold applies, configured in `[limits]`.
+pub use crate::config::Limits;
 
 /// A gauge histogram over non-negative integers: per-bucket counts (not cumulative), count and sum.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +156,9 @@ impl Distribution {
 #[derive(Debug, Clone, Default)]
 pub struct SessionView<'a> {
     pub node_id: &'a str,
+    /// The client's IP (DAS `Client`; the host part of a direct source's `addr`), for
+    /// attribution.
+    pub client: &'a str,
     pub cmd: &'a str,
     /// `None` when the answer gave no `Db`; exported as `db=""`.
     pub db: Option<i64>,
@@ -248,6 +236,8 @@ pub struct Fold {
     ssub: u64,
     /// True once any session carried direct-only fields.
     direct_fields: bool,
+    /// Per-client figures, kept only when attribution is on.
+    clients: Option<ClientTally>,
     /// Reused buffer for lower-casing commands without an allocation per session.
     scratch: String,
 }
@@ -260,7 +250,8 @@ impl Default for Fold {
 
 fn bump(map: &mut FoldMap, key: &str, by: u64) {
     if let Some(v) = map.get_mut(key) {
-        *v += by;
+        // Counts come from the wire (`SourceStats`): saturate, never wrap or panic.
+        *v = v.saturating_add(by);
     } else {
         map.insert(key.into(), by);
     }
@@ -295,12 +286,55 @@ impl Fold {
             tot_mem: Distribution::new(TOTAL_MEMORY_BOUNDS),
             ssub: 0,
             direct_fields: false,
+            clients: None,
             scratch: String::new(),
+        }
+    }
+
+    /// The fold `limits` ask for: with per-client figures when attribution is on.
+    pub fn for_limits(limits: &Limits) -> Self {
+        match limits.client_idle_threshold {
+            Some(t) => Self::with_clients(t),
+            None => Self::new(),
+        }
+    }
+
+    /// A fold that also keeps figures per client IP for attribution, counting sessions idle at
+    /// least `idle_threshold` seconds as long idle.
+    pub fn with_clients(idle_threshold: u64) -> Self {
+        Self {
+            clients: Some(ClientTally {
+                idle_threshold,
+                map: HashMap::default(),
+            }),
+            ..Self::new()
+        }
+    }
+
+    /// Whether per-client figures are kept ([`Fold::with_clients`]): a decoder that feeds
+    /// [`Fold::add_figures`] itself must then call [`Fold::add_client`] for each session.
+    pub fn tracks_clients(&self) -> bool {
+        self.clients.is_some()
+    }
+
+    /// Counts one session of `client` (idle `idle` seconds, `omem` bytes of output buffer) in
+    /// the per-client figures; nothing when they are not kept.
+    pub fn add_client(&mut self, client: &str, idle: u64, omem: u64) {
+        if let Some(t) = &mut self.clients {
+            let threshold = t.idle_threshold;
+            if let Some(f) = t.map.get_mut(client) {
+                f.add_session(idle, omem, threshold);
+            } else {
+                let mut f = ClientFigures::default();
+                f.add_session(idle, omem, threshold);
+                t.map.insert(client.into(), f);
+            }
         }
     }
 
     /// Adds one session to every aggregate.
     pub fn add(&mut self, s: &SessionView<'_>) {
+        self.add_client(s.client, s.idle, s.omem);
         self.add_figures(&Figures {
             db: s.db,
             flags: parse_flags(s.flags),
@@ -396,7 +430,9 @@ impl Fold {
         self.sessions
     }
 
-    /// Applies the caps and freezes the aggregate.
+    /// Bounds the breakdowns and freezes the aggregate: each keeps the values ranked within
+    /// twice its cap, which is all [`Snapshot::apply_caps`] can give a series (entering needs a
+    /// rank within the cap, staying one within twice the cap), and sums the rest into `other`.
     ///
     /// `reported_total` is what the source claimed (DAS `Data.Total`); when absent, the number of
     /// sessions folded. `timestamp_ms` is the source's own time of the answer, if it gave one.
@@ -417,9 +453,9 @@ impl Fold {
             reported_total: reported_total.unwrap_or(self.sessions),
             timestamp_ms,
             by_node: sorted(self.nodes),
-            by_source: cap(self.sources, limits.max_sources),
-            by_command: cap(self.commands, limits.max_commands),
-            by_client_name: cap(self.names, limits.max_client_names),
+            by_source: cap(self.sources, limits.max_sources.saturating_mul(2)),
+            by_command: cap(self.commands, limits.max_commands.saturating_mul(2)),
+            by_client_name: cap(self.names, limits.max_client_names.saturating_mul(2)),
             by_db: dbs.into_iter().collect(),
             by_flag: self.flags,
             subscriptions_channel: self.sub,
@@ -435,9 +471,11 @@ impl Fold {
             age: self.age,
             query_buffer: self.qbuf,
             output_buffer: self.omem,
+            by_client: self.clients.map(ClientTally::sorted).unwrap_or_default(),
+            by_workload: None,
             direct: self.direct_fields.then(|| DirectFigures {
-                by_user: cap(self.users, limits.max_client_names),
-                by_library: cap(self.libraries, limits.max_client_names),
+                by_user: cap(self.users, limits.max_client_names.saturating_mul(2)),
+                by_library: cap(self.libraries, limits.max_client_names.saturating_mul(2)),
                 total_memory: self.tot_mem,
                 subscriptions_shard: self.ssub,
             }),
@@ -505,6 +543,10 @@ pub struct Snapshot {
     pub age: Distribution,
     pub query_buffer: Distribution,
     pub output_buffer: Distribution,
+    /// Per-client figures, when the fold kept them; consumed by [`Snapshot::apply_caps`].
+    pub by_client: Vec<(String, ClientFigures)>,
+    /// Sessions by workload (attribution), capped; `None` when attribution is off.
+    pub by_workload: Option<Vec<(Workload, ClientFigures)>>,
     /// Present only when the source reports direct-only fields.
     pub direct: Option<DirectFigures>,
 }
@@ -683,18 +725,6 @@ mod tests {
         assert_eq!(snap.sessions, 2);
     }
 
-    prop_compose! {
-        fn arb_session()(
-            node in "[a-c]{0,2}", cmd in "[a-eA-E]{0,3}", name in "[a-z]{0,2}",
-            flags in "[AbcdNxPSOZ]{0,4}", db in proptest::option::of(0i64..4),
-            sub in 0u64..5, psub in 0u64..5, multi in -1i64..3,
-            qbuf in 0u64..100_000, omem in 0u64..20_000_000, oll in 0u64..50,
-            idle in 0u64..200_000, age in 0u64..3_000_000,
-        ) -> (String, String, String, String, Option<i64>, [u64; 7], i64) {
-            (node, cmd, name, flags, db, [sub, psub, qbuf, omem, oll, idle, age], multi)
-        }
-    }
-
     proptest! {
         /// Any text: no panic, only defined slots set, and the set is the union of the letters'
         /// slots (so a letter counts once however often it repeats).
@@ -710,42 +740,242 @@ mod tests {
             let unknown = flags.chars().any(|c| !FLAGS.iter().any(|(l, _)| *l == c));
             prop_assert_eq!(bits & (1 << FLAG_UNKNOWN) != 0, unknown);
         }
+    }
 
-        /// Whatever the sessions, every breakdown accounts for every session exactly once.
+    prop_compose! {
+        /// One session with every field the fold reads, direct-only ones included when `direct`.
+        fn arb_full_session(direct: bool)(
+            node in "[a-c]{0,2}", cmd in "[a-dA-D|]{0,3}", name in "(other|[a-z]{0,2})",
+            flags in "[AbcdeiMNOPrSuUxtTRBZq]{0,5}", db in proptest::option::of(-1i64..20),
+            sub in 0u64..5, psub in 0u64..5, multi in -1i64..3,
+            qbuf in 0u64..100_000, qbuf_free in 0u64..40_000, obl in 0u64..16_384,
+            omem in 0u64..20_000_000, oll in 0u64..50,
+            idle in 0u64..200_000, age in 0u64..3_000_000,
+            user in proptest::option::of("[u-w]{0,1}"), lib in proptest::option::of("[l-m]{0,1}"),
+            tot_mem in proptest::option::of(0u64..300_000_000), ssub in proptest::option::of(0u64..4),
+            client in "(10\\.0\\.0\\.[1-4])?",
+        ) -> Full {
+            Full {
+                node, cmd, name, flags, db, sub, psub, multi, qbuf, qbuf_free, obl, omem, oll,
+                idle, age, client,
+                user: user.filter(|_| direct), lib: lib.filter(|_| direct),
+                tot_mem: tot_mem.filter(|_| direct), ssub: ssub.filter(|_| direct),
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Full {
+        node: String,
+        cmd: String,
+        name: String,
+        flags: String,
+        db: Option<i64>,
+        sub: u64,
+        psub: u64,
+        multi: i64,
+        qbuf: u64,
+        qbuf_free: u64,
+        obl: u64,
+        omem: u64,
+        oll: u64,
+        idle: u64,
+        age: u64,
+        user: Option<String>,
+        lib: Option<String>,
+        tot_mem: Option<u64>,
+        ssub: Option<u64>,
+        client: String,
+    }
+
+    /// `(key, count)` per key, counted the plain way.
+    fn tally<K: Ord>(keys: impl IntoIterator<Item = K>) -> BTreeMap<K, u64> {
+        let mut m = BTreeMap::new();
+        for k in keys {
+            *m.entry(k).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// A capped breakdown against the full map it was cut from: the kept entries are exactly
+    /// the `limit` largest (ties to the smaller name), with their true counts, and `other` holds
+    /// the rest (plus any real key named `other`).
+    fn check_capped(
+        got: &[(String, u64)],
+        full: &BTreeMap<String, u64>,
+        limit: usize,
+    ) -> Result<(), TestCaseError> {
+        let named: Vec<(&String, u64)> = full
+            .iter()
+            .filter(|(k, _)| k.as_str() != OTHER)
+            .map(|(k, v)| (k, *v))
+            .collect();
+        let mut ranked = named.clone();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let keep = ranked.len().min(limit);
+        let want_kept: BTreeMap<&str, u64> = ranked[..keep]
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        let got_kept: BTreeMap<&str, u64> = got
+            .iter()
+            .filter(|(k, _)| k != OTHER)
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        prop_assert_eq!(&got_kept, &want_kept);
+        let rest: u64 =
+            ranked[keep..].iter().map(|x| x.1).sum::<u64>() + full.get(OTHER).copied().unwrap_or(0);
+        let got_other = got.iter().find(|(k, _)| k == OTHER).map(|x| x.1);
+        prop_assert_eq!(got_other, (rest > 0).then_some(rest));
+        Ok(())
+    }
+
+    /// Cumulative counts of `values` at each bound, the plain way.
+    fn buckets(values: impl Iterator<Item = u64> + Clone, bounds: &[u64]) -> Vec<u64> {
+        bounds
+            .iter()
+            .map(|b| values.clone().filter(|v| v <= b).count() as u64)
+            .collect()
+    }
+
+    proptest! {
+        /// Every breakdown, key by key, against maps built here from the raw sessions; the caps
+        /// keep exactly the largest entries; every flag slot, `in_transaction`, the sums, maxima
+        /// and bucket counts as well; direct-only figures when the sessions carry them.
         #[test]
-        fn counts_add_up_and_caps_hold(
-            sessions in proptest::collection::vec(arb_session(), 0..200),
-            max_commands in 0usize..6, max_names in 0usize..6,
+        fn every_breakdown_matches_an_independent_tally(
+            (direct, sessions) in any::<bool>().prop_flat_map(|d| {
+                (Just(d), proptest::collection::vec(arb_full_session(d), 0..150))
+            }),
+            sources in proptest::collection::vec(("(other|10\\.0\\.0\\.[1-9])", 1u64..40), 0..20),
+            max_sources in 0usize..5, max_commands in 0usize..5, max_names in 0usize..5,
+            threshold_at in proptest::option::of(any::<proptest::sample::Index>()),
         ) {
-            let limits = Limits { max_sources: 3, max_commands, max_client_names: max_names };
-            let mut f = Fold::new();
-            let mut expect_sub = 0;
-            let mut expect_max_omem = 0;
-            for (node, cmd, name, flags, db, n, multi) in &sessions {
+            // The threshold is one session's idle time, so the boundary (idle == threshold
+            // counts as long idle) is always exercised.
+            let idle_threshold =
+                threshold_at.map(|i| sessions.get(i.index(sessions.len().max(1))).map_or(0, |s| s.idle));
+            let limits = Limits {
+                max_sources, max_commands, max_client_names: max_names,
+                client_idle_threshold: idle_threshold,
+                ..Limits::default()
+            };
+            let mut f = Fold::for_limits(&limits);
+            for s in &sessions {
                 f.add(&SessionView {
-                    node_id: node, cmd, name, flags, db: *db, multi: *multi,
-                    sub: n[0], psub: n[1], qbuf: n[2], omem: n[3], oll: n[4], idle: n[5], age: n[6],
-                    ..Default::default()
+                    node_id: &s.node, cmd: &s.cmd, name: &s.name, flags: &s.flags, db: s.db,
+                    sub: s.sub, psub: s.psub, multi: s.multi, qbuf: s.qbuf,
+                    qbuf_free: s.qbuf_free, obl: s.obl, omem: s.omem, oll: s.oll,
+                    idle: s.idle, age: s.age,
+                    user: s.user.as_deref(), lib_name: s.lib.as_deref(), tot_mem: s.tot_mem,
+                    ssub: s.ssub, client: &s.client,
                 });
-                expect_sub += n[0];
-                expect_max_omem = expect_max_omem.max(n[3]);
             }
-            let s = f.finish(&limits, None, None);
-            let total = sessions.len() as u64;
-            prop_assert_eq!(s.sessions, total);
-            prop_assert_eq!(s.by_node.iter().map(|x| x.1).sum::<u64>(), total);
-            prop_assert_eq!(s.by_command.iter().map(|x| x.1).sum::<u64>(), total);
-            prop_assert_eq!(s.by_client_name.iter().map(|x| x.1).sum::<u64>(), total);
-            prop_assert_eq!(s.by_db.iter().map(|x| x.1).sum::<u64>(), total);
-            prop_assert!(s.by_command.iter().filter(|x| x.0 != OTHER).count() <= max_commands);
-            prop_assert!(s.by_client_name.iter().filter(|x| x.0 != OTHER).count() <= max_names);
-            for d in [&s.idle, &s.age, &s.query_buffer, &s.output_buffer] {
-                prop_assert_eq!(d.count(), total);
+            for (src, n) in &sources {
+                f.add_source(src, *n);
             }
-            prop_assert_eq!(s.subscriptions_channel, expect_sub);
-            prop_assert_eq!(s.output_buffer_max_bytes, expect_max_omem);
-            let with_flags = sessions.iter().filter(|x| !x.3.is_empty()).count() as u64;
-            prop_assert!(s.by_flag.iter().sum::<u64>() >= with_flags);
+            let snap = f.finish(&limits, None, None);
+            let n = sessions.len() as u64;
+            prop_assert_eq!(snap.sessions, n);
+            prop_assert_eq!(snap.reported_total, n);
+
+            let nodes = tally(sessions.iter().map(|s| s.node.clone()));
+            prop_assert_eq!(snap.by_node.iter().cloned().collect::<BTreeMap<_, _>>(), nodes);
+            let dbs = tally(sessions.iter().map(|s| s.db));
+            prop_assert_eq!(snap.by_db.iter().cloned().collect::<BTreeMap<_, _>>(), dbs);
+            // The fold keeps twice each cap (all the sticky rule can name); the sticky caps of
+            // a first poll (nothing held yet) are the plain ones.
+            let commands = tally(sessions.iter().map(|s| s.cmd.to_ascii_lowercase()));
+            check_capped(&snap.by_command, &commands, 2 * max_commands)?;
+            let names = tally(sessions.iter().map(|s| s.name.clone()));
+            check_capped(&snap.by_client_name, &names, 2 * max_names)?;
+            let mut source_counts = BTreeMap::new();
+            for (src, c) in &sources {
+                *source_counts.entry(src.clone()).or_insert(0) += c;
+            }
+            check_capped(&snap.by_source, &source_counts, 2 * max_sources)?;
+
+            // Per-client figures, kept only with attribution's idle threshold.
+            let mut clients: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+            if let Some(t) = idle_threshold {
+                for s in &sessions {
+                    let c = clients.entry(&s.client).or_default();
+                    c.0 += 1;
+                    c.1 += u64::from(s.idle >= t);
+                    c.2 = c.2.max(s.omem);
+                }
+            }
+            let got: BTreeMap<&str, (u64, u64, u64)> = snap
+                .by_client
+                .iter()
+                .map(|(c, f)| (c.as_str(), (f.sessions, f.long_idle, f.output_buffer_max)))
+                .collect();
+            prop_assert_eq!(got, clients);
+
+            let mut first = snap.clone();
+            first.apply_caps(&limits, &mut Caps::default(), None);
+            check_capped(&first.by_command, &commands, max_commands)?;
+            check_capped(&first.by_client_name, &names, max_names)?;
+            check_capped(&first.by_source, &source_counts, max_sources)?;
+            prop_assert!(first.by_client.is_empty());
+
+            // Flags: the documented letters, written out here rather than read from FLAGS.
+            let letters = "AbcdeiMNOPrSuUxtTRB";
+            for (slot, letter) in letters.chars().enumerate() {
+                let want = sessions.iter().filter(|s| s.flags.contains(letter)).count() as u64;
+                prop_assert_eq!(snap.by_flag[slot], want, "flag {}", letter);
+            }
+            let unknown = sessions
+                .iter()
+                .filter(|s| s.flags.chars().any(|c| !letters.contains(c)))
+                .count() as u64;
+            prop_assert_eq!(snap.by_flag[letters.len()], unknown, "unknown flags");
+            prop_assert_eq!(snap.by_flag.len(), letters.len() + 1);
+
+            let in_tx = sessions.iter().filter(|s| s.multi >= 0).count() as u64;
+            prop_assert_eq!(snap.in_transaction, in_tx);
+            prop_assert_eq!(snap.subscriptions_channel, sessions.iter().map(|s| s.sub).sum::<u64>());
+            prop_assert_eq!(snap.subscriptions_pattern, sessions.iter().map(|s| s.psub).sum::<u64>());
+            prop_assert_eq!(snap.query_buffer_free_bytes, sessions.iter().map(|s| s.qbuf_free).sum::<u64>());
+            prop_assert_eq!(snap.output_list_objects, sessions.iter().map(|s| s.oll).sum::<u64>());
+            prop_assert_eq!(snap.fixed_output_buffer_bytes, sessions.iter().map(|s| s.obl).sum::<u64>());
+            prop_assert_eq!(snap.query_buffer_max_bytes, sessions.iter().map(|s| s.qbuf).max().unwrap_or(0));
+            prop_assert_eq!(snap.output_buffer_max_bytes, sessions.iter().map(|s| s.omem).max().unwrap_or(0));
+            prop_assert_eq!(snap.output_list_max_objects, sessions.iter().map(|s| s.oll).max().unwrap_or(0));
+            for (d, values, bounds) in [
+                (&snap.idle, sessions.iter().map(|s| s.idle).collect::<Vec<_>>(), IDLE_BOUNDS),
+                (&snap.age, sessions.iter().map(|s| s.age).collect(), AGE_BOUNDS),
+                (&snap.query_buffer, sessions.iter().map(|s| s.qbuf).collect(), BUFFER_BOUNDS),
+                (&snap.output_buffer, sessions.iter().map(|s| s.omem).collect(), BUFFER_BOUNDS),
+            ] {
+                prop_assert_eq!(d.count(), n);
+                prop_assert_eq!(d.sum, values.iter().sum::<u64>());
+                prop_assert_eq!(d.cumulative().take(bounds.len()).collect::<Vec<_>>(), buckets(values.iter().copied(), bounds));
+            }
+
+            let with_direct: Vec<&Full> = sessions
+                .iter()
+                .filter(|s| s.user.is_some() || s.lib.is_some() || s.tot_mem.is_some() || s.ssub.is_some())
+                .collect();
+            match (&snap.direct, &first.direct) {
+                (None, None) => prop_assert!(with_direct.is_empty()),
+                (None, Some(_)) | (Some(_), None) => prop_assert!(false, "caps changed direct"),
+                (Some(d), Some(first)) => {
+                    prop_assert!(direct && !with_direct.is_empty());
+                    let users = tally(with_direct.iter().map(|s| s.user.clone().unwrap_or_default()));
+                    check_capped(&d.by_user, &users, 2 * max_names)?;
+                    check_capped(&first.by_user, &users, max_names)?;
+                    let libs = tally(with_direct.iter().map(|s| s.lib.clone().unwrap_or_default()));
+                    check_capped(&d.by_library, &libs, 2 * max_names)?;
+                    check_capped(&first.by_library, &libs, max_names)?;
+                    prop_assert_eq!(d.subscriptions_shard, with_direct.iter().map(|s| s.ssub.unwrap_or(0)).sum::<u64>());
+                    prop_assert_eq!(d.total_memory.count(), with_direct.len() as u64);
+                    prop_assert_eq!(
+                        d.total_memory.cumulative().take(TOTAL_MEMORY_BOUNDS.len()).collect::<Vec<_>>(),
+                        buckets(with_direct.iter().map(|s| s.tot_mem.unwrap_or(0)), TOTAL_MEMORY_BOUNDS)
+                    );
+                }
+            }
         }
     }
 }

@@ -14,33 +14,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
-use crate::config::InstanceConfig;
-use crate::credentials::BoxFuture;
+use crate::acs;
+use crate::config::{InstanceConfig, SourceKind};
 use crate::snapshot::{Limits, Snapshot};
 
 /// Why a poll failed. Each variant maps to one bounded `code` label.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PollError {
-    /// The API answered with an error `Code`; kept verbatim (sanitised) as the label.
-    #[error("API error {code}: {message}")]
-    Api {
-        code: String,
-        message: String,
-        /// From `x-acs-retry-after`, when the gateway sent one.
-        retry_after: Option<Duration>,
-    },
+    /// A call to the cloud's API failed; [`acs::Error`] classifies it and names its code.
+    #[error(transparent)]
+    Call(#[from] acs::Error),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("connection failed: {0}")]
     Connection(String),
-    #[error("HTTP {status}: {detail}")]
-    Http { status: u16, detail: String },
-    #[error("invalid response: {0}")]
-    InvalidResponse(String),
     #[error("no usable credentials: {0}")]
     Credentials(String),
     /// Failures of other sources (direct Redis), with their own bounded code.
@@ -52,11 +44,9 @@ impl PollError {
     /// The `code` label of `redis_session_exporter_poll_errors_total`.
     pub fn code(&self) -> Cow<'_, str> {
         match self {
-            PollError::Api { code, .. } => Cow::Owned(sanitize_code(code)),
+            PollError::Call(e) => e.code(),
             PollError::Timeout(_) => Cow::Borrowed("timeout"),
             PollError::Connection(_) => Cow::Borrowed("connection"),
-            PollError::Http { status, .. } => Cow::Owned(format!("http_{status}")),
-            PollError::InvalidResponse(_) => Cow::Borrowed("invalid_response"),
             PollError::Credentials(_) => Cow::Borrowed("credentials"),
             PollError::Other { code, .. } => Cow::Borrowed(code),
         }
@@ -65,41 +55,18 @@ impl PollError {
     /// Worth another attempt within the same poll: throttling, server trouble, network trouble.
     pub fn is_transient(&self) -> bool {
         match self {
-            PollError::Api { code, .. } => {
-                code.starts_with("Throttling")
-                    || code.starts_with("ServiceUnavailable")
-                    || code == "InternalError"
-                    || code == "InternalServerError"
-            }
+            PollError::Call(e) => e.is_transient(),
             PollError::Timeout(_) | PollError::Connection(_) => true,
-            PollError::Http { status, .. } => *status >= 500 || *status == 429,
-            PollError::InvalidResponse(_) | PollError::Credentials(_) | PollError::Other { .. } => {
-                false
-            }
+            PollError::Credentials(_) | PollError::Other { .. } => false,
         }
     }
 
     /// How long the server asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            PollError::Api { retry_after, .. } => *retry_after,
+            PollError::Call(e) => e.retry_after(),
             _ => None,
         }
-    }
-}
-
-/// Keeps an API code usable as a label value of bounded size: at most 64 characters of
-/// `[A-Za-z0-9._-]`. Real codes (`Throttling.User`, `InvalidTimeStamp.Expired`) pass unchanged.
-pub fn sanitize_code(code: &str) -> String {
-    let s: String = code
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        .take(64)
-        .collect();
-    if s.is_empty() {
-        "invalid_response".to_owned()
-    } else {
-        s
     }
 }
 
@@ -315,8 +282,8 @@ impl Source for Router {
         ctx: &'a PollContext,
     ) -> BoxFuture<'a, Result<Snapshot, PollError>> {
         match instance.source {
-            crate::config::SourceKind::Das => self.das.poll(instance, ctx),
-            crate::config::SourceKind::Direct => self.direct.poll(instance, ctx),
+            SourceKind::Das => self.das.poll(instance, ctx),
+            SourceKind::Direct => self.direct.poll(instance, ctx),
         }
     }
 }
@@ -325,34 +292,36 @@ impl Source for Router {
 mod tests {
     use super::*;
 
-    #[test]
-    fn codes_are_bounded_labels() {
-        let api = |c: &str| PollError::Api {
-            code: c.into(),
+    fn api_error(code: &str) -> PollError {
+        acs::Error::Api {
+            code: code.into(),
             message: String::new(),
             retry_after: None,
-        };
+        }
+        .into()
+    }
+
+    fn http_error(status: u16) -> PollError {
+        acs::Error::Http {
+            status,
+            detail: String::new(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn codes_are_bounded_labels() {
+        let api = |c: &str| api_error(c);
         assert_eq!(api("Throttling.User").code(), "Throttling.User");
         assert_eq!(api("Bad\"code\n{}").code(), "Badcode");
         assert_eq!(api("\"\"").code(), "invalid_response");
         assert_eq!(api(&"x".repeat(500)).code().len(), 64);
-        assert_eq!(
-            PollError::Http {
-                status: 502,
-                detail: String::new()
-            }
-            .code(),
-            "http_502"
-        );
+        assert_eq!(http_error(502).code(), "http_502");
     }
 
     #[test]
     fn transient_classification() {
-        let api = |c: &str| PollError::Api {
-            code: c.into(),
-            message: String::new(),
-            retry_after: None,
-        };
+        let api = |c: &str| api_error(c);
         for c in [
             "Throttling",
             "Throttling.User",
@@ -373,17 +342,9 @@ mod tests {
             assert!(!api(c).is_transient(), "{c}");
         }
         assert!(PollError::Timeout(Duration::from_secs(1)).is_transient());
-        assert!(PollError::Http {
-            status: 503,
-            detail: String::new()
-        }
-        .is_transient());
-        assert!(!PollError::Http {
-            status: 404,
-            detail: String::new()
-        }
-        .is_transient());
-        assert!(!PollError::InvalidResponse(String::new()).is_transient());
+        assert!(http_error(503).is_transient());
+        assert!(!http_error(404).is_transient());
+        assert!(!PollError::from(acs::Error::InvalidResponse(String::new())).is_transient());
     }
 
     #[tokio::test]
@@ -402,16 +363,87 @@ mod tests {
         );
     }
 
+    /// The documented figures as literals: retry n waits between half and all of 0.5 s, 1 s,
+    /// 2 s, … capped at 30 s, the half above the floor random; never less than the server asks.
     #[test]
     fn backoff_grows_caps_and_honours_the_server() {
-        for retry in 1..20 {
-            let b = backoff(retry, None);
-            let exp = BACKOFF_BASE
-                .saturating_mul(1 << (retry - 1).min(16))
-                .min(BACKOFF_CAP);
-            assert!(b >= exp / 2 && b <= exp, "retry {retry}: {b:?}");
+        let full_ms = [
+            500u64, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000,
+        ];
+        for (retry, full) in (1..).zip(full_ms) {
+            let samples: Vec<u64> = (0..200)
+                .map(|_| backoff(retry, None).as_millis() as u64)
+                .collect();
+            let (lo, hi) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
+            assert!(
+                *lo >= full / 2 && *hi <= full,
+                "retry {retry}: {lo}..{hi} ms, documented {}..{full} ms",
+                full / 2
+            );
+            // Jittered: 200 draws spread over the random half, not one fixed value.
+            assert!(
+                *lo < full * 6 / 10 && *hi > full * 9 / 10,
+                "retry {retry}: {lo}..{hi} ms is not spread"
+            );
         }
-        assert!(backoff(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+        assert!(backoff(1000, None) <= Duration::from_secs(30));
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+    }
+
+    /// Inside `with_retries`, on tokio's paused clock (exact gaps, no real waiting): a transient
+    /// failure is retried with gaps that grow — each within its documented range, so never
+    /// shorter than the one before until the cap — then between 15 and 30 s, until the budget
+    /// is spent.
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_longer_each_time_up_to_the_cap() {
+        let ctx = PollContext {
+            // A rate so high the limiter never waits: only the back-off spaces the attempts.
+            throttle: Arc::new(Throttle::new(4, 1e9)),
+            budget: Duration::from_secs(300),
+            timeout: Duration::from_millis(200),
+            limits: Limits::default(),
+        };
+        let started = std::sync::Mutex::new(Vec::new());
+        let r: Result<(), _> = with_retries(&ctx, |_| {
+            let mut started = started.lock().unwrap();
+            started.push(Instant::now());
+            // A hot retry loop would never reach the budget on a paused clock: end it with a
+            // failure the assertion below tells apart.
+            let code = if started.len() > 100 {
+                "NoPermission"
+            } else {
+                "ServiceUnavailable"
+            };
+            async move { Err(api_error(code)) }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), "ServiceUnavailable");
+        let times = started.into_inner().unwrap();
+        let gaps: Vec<u64> = times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis() as u64)
+            .collect();
+        let full_ms = [500u64, 1000, 2000, 4000, 8000, 16_000];
+        assert!(gaps.len() >= full_ms.len() + 2, "too few retries: {gaps:?}");
+        for (i, g) in gaps.iter().enumerate() {
+            let full = full_ms.get(i).copied().unwrap_or(30_000);
+            assert!(
+                *g >= full / 2 && *g <= full + 1,
+                "gap {i}: {g} ms, documented {}..{full} ms (all: {gaps:?})",
+                full / 2
+            );
+        }
+        // Below the cap the ranges only touch at their ends, so each gap is at least the last.
+        assert!(
+            gaps[..full_ms.len()].windows(2).all(|w| w[1] + 1 >= w[0]),
+            "a gap shrank before the cap: {gaps:?}"
+        );
+        // The budget (300 s) ends the retries: the last attempt started inside it.
+        let spent = *times.last().unwrap() - times[0];
+        assert!(spent <= Duration::from_secs(300), "{spent:?}");
     }
 
     fn ctx(budget: Duration) -> PollContext {
@@ -431,11 +463,7 @@ mod tests {
             let n = calls;
             async move {
                 if n < 3 {
-                    Err(PollError::Api {
-                        code: "Throttling.User".into(),
-                        message: String::new(),
-                        retry_after: None,
-                    })
+                    Err(api_error("Throttling.User"))
                 } else {
                     Ok(n)
                 }
@@ -450,13 +478,7 @@ mod tests {
         let mut calls = 0;
         let r: Result<(), _> = with_retries(&ctx(Duration::from_secs(30)), |_| {
             calls += 1;
-            async {
-                Err(PollError::Api {
-                    code: "NoPermission".into(),
-                    message: String::new(),
-                    retry_after: None,
-                })
-            }
+            async { Err(api_error("NoPermission")) }
         })
         .await;
         assert_eq!(r.unwrap_err().code(), "NoPermission");

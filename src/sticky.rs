@@ -78,6 +78,39 @@ impl<K: Eq + Hash + Ord + Clone> Sticky<K> {
     }
 }
 
+/// The label value used for everything beyond a cap.
+pub const OTHER: &str = "other";
+
+/// A capped breakdown of counts: the values that hold a series (sticky), and the rest summed
+/// into [`OTHER`]. A real value named `other` is merged into that bucket. Sorted by value.
+pub fn cap_counts<I>(counts: I, cap: usize, sticky: &mut Sticky<String>) -> Vec<(String, u64)>
+where
+    I: IntoIterator,
+    I::Item: Into<(String, u64)>,
+{
+    let mut other = 0u64;
+    let entries: Vec<(String, u64)> = counts
+        .into_iter()
+        .map(Into::into)
+        .filter(|(k, c)| {
+            if k == OTHER {
+                other += c;
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    let sel = sticky.select(entries, cap, |c| *c);
+    other += sel.rest.iter().map(|(_, c)| c).sum::<u64>();
+    let mut out = sel.own;
+    if other > 0 {
+        out.push((OTHER.to_owned(), other));
+        out.sort_unstable();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +166,24 @@ mod tests {
         let sel = s.select(vec![("a", 3u64), ("b", 1)], 0, |c| *c);
         assert!(sel.own.is_empty());
         assert_eq!(sel.rest, vec![("a", 3), ("b", 1)]);
+    }
+
+    #[test]
+    fn cap_counts_sums_the_rest_and_a_literal_other_into_other() {
+        let mut s = Sticky::new();
+        let counts = [("a", 5u64), ("b", 1), ("c", 3), ("d", 3), ("other", 2)]
+            .map(|(k, c)| (k.to_owned(), c));
+        // a=5 and c=3 win (c before d on the tie); b, d and the literal "other" are summed.
+        assert_eq!(
+            cap_counts(counts.clone(), 2, &mut s),
+            vec![("a".into(), 5), ("c".into(), 3), ("other".into(), 6)]
+        );
+        // Next poll d overtakes c: c keeps its series (rank 3 of 2×2), d gets one.
+        let counts = [("a", 5u64), ("c", 3), ("d", 4)].map(|(k, c)| (k.to_owned(), c));
+        assert_eq!(
+            cap_counts(counts, 2, &mut s),
+            vec![("a".into(), 5), ("c".into(), 3), ("d".into(), 4)]
+        );
     }
 
     #[test]

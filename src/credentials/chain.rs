@@ -5,9 +5,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use futures_util::future::BoxFuture;
+
 use super::{
-    ecs, file, from_env_with, oidc, profile, BoxFuture, CredentialError, CredentialProvider,
-    Credentials, Health, Settings, Spec,
+    ecs, file, from_env_with, oidc, profile, CredentialError, CredentialProvider, Credentials,
+    Health, HealthSignal, Settings, Spec,
 };
 
 /// The chain as built from the environment at start-up.
@@ -22,6 +24,8 @@ pub struct Chain {
     chosen: OnceLock<Arc<dyn CredentialProvider>>,
     walk: tokio::sync::Mutex<()>,
     errors: AtomicU64,
+    /// Shared with the candidates (through [`Settings`]).
+    signal: HealthSignal,
 }
 
 impl Chain {
@@ -93,6 +97,7 @@ impl Chain {
             chosen: OnceLock::new(),
             walk: tokio::sync::Mutex::new(()),
             errors: AtomicU64::new(0),
+            signal: settings.signal.clone(),
         }
     }
 
@@ -112,14 +117,14 @@ impl Chain {
                 Ok(c) => {
                     tracing::info!(provider = p.name(), "credentials found");
                     let _ = self.chosen.set(p.clone());
-                    super::health_changed();
+                    self.signal.notify();
                     return Ok(c);
                 }
                 Err(e) => reasons.push(e.to_string()),
             }
         }
         self.errors.fetch_add(1, Ordering::Relaxed);
-        super::health_changed();
+        self.signal.notify();
         reasons.extend(self.absent.iter().cloned());
         Err(CredentialError::not_configured(
             "default",
@@ -166,6 +171,10 @@ impl CredentialProvider for Chain {
         }
         rows
     }
+
+    fn health_signal(&self) -> Option<HealthSignal> {
+        Some(self.signal.clone())
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +188,7 @@ mod tests {
             ecs_metadata_endpoint: "http://127.0.0.1:9".into(),
             role_session_name: "test".into(),
             home: home.map(Into::into),
+            signal: HealthSignal::default(),
         }
     }
 

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use futures_util::future::BoxFuture;
+
 use super::oidc::parse_expiration;
 use super::refresh::Fetch;
-use super::{BoxFuture, CredentialError, Credentials, SecretString};
+use super::{CredentialError, Credentials, SecretString};
 
 pub const ENV_ECS_METADATA: &str = "ALIBABA_CLOUD_ECS_METADATA";
 pub const ENV_ECS_METADATA_DISABLED: &str = "ALIBABA_CLOUD_ECS_METADATA_DISABLED";
@@ -111,10 +113,7 @@ impl EcsFetcher {
         role: Option<String>,
     ) -> Result<Self, CredentialError> {
         let http = reqwest::Client::builder()
-            .user_agent(concat!(
-                "redis-session-exporter/",
-                env!("CARGO_PKG_VERSION")
-            ))
+            .user_agent(crate::acs::USER_AGENT)
             // Never through a proxy: the service is link-local to this VM.
             .no_proxy()
             .connect_timeout(TIMEOUT)

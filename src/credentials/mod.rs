@@ -26,17 +26,17 @@ pub use env::{
 };
 
 use std::fmt;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use secrecy::{ExposeSecret, SecretString};
+use futures_util::future::BoxFuture;
 
-/// A boxed future, so providers can sit behind `dyn` without an extra crate.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::acs::AccessKey;
+use crate::config::{check_role_session_name, normalize_endpoint, CredentialsConfig, Provider};
+
+pub use secrecy::{ExposeSecret, SecretString};
 
 /// One set of credentials as the signer needs them.
 #[derive(Clone)]
@@ -66,25 +66,27 @@ impl Credentials {
         self.expiration.is_some_and(|e| e <= now)
     }
 
-    /// Every string an error message or a log line must not contain, raw and percent-encoded
-    /// (single and double, as a gateway's `SignatureDoesNotMatch` message echoes the string to sign):
-    /// the secret, the token and the AccessKey id.
-    pub fn sensitive_strings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut push = |s: &str| {
-            if s.len() >= 4 {
-                let once = crate::das::sign::percent_encode(s);
-                let twice = crate::das::sign::percent_encode(&once);
-                out.extend([s.to_owned(), once, twice]);
-            }
-        };
-        push(self.access_key_secret.expose_secret());
-        if let Some(t) = &self.security_token {
-            push(t.expose_secret());
+    /// What a request is signed with, borrowed for one signing.
+    pub fn access_key(&self) -> AccessKey<'_> {
+        AccessKey {
+            id: &self.access_key_id,
+            secret: self.access_key_secret.expose_secret(),
+            token: self.security_token.as_ref().map(|t| t.expose_secret()),
         }
-        push(&self.access_key_id);
-        out
     }
+}
+
+/// The credentials to sign a request with at `now`, or why there are none: expired credentials
+/// never sign anything (the request could only fail, noisily).
+pub async fn for_signing(
+    provider: &dyn CredentialProvider,
+    now: SystemTime,
+) -> Result<Arc<Credentials>, String> {
+    let creds = provider.credentials().await.map_err(|e| e.to_string())?;
+    if creds.is_expired(now) {
+        return Err(format!("{} credentials expired", provider.name()));
+    }
+    Ok(creds)
 }
 
 impl fmt::Debug for Credentials {
@@ -160,18 +162,22 @@ pub struct Health {
     pub errors: u64,
 }
 
-/// Wakes whoever publishes [`CredentialProvider::health`] (one publisher per process).
-static HEALTH_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Wakes whoever publishes a provider's [`CredentialProvider::health`] when it changed, so the
+/// metrics follow a refresh or a failure without polling. Clones share one signal.
+#[derive(Debug, Clone, Default)]
+pub struct HealthSignal(Arc<tokio::sync::Notify>);
 
-/// Providers call this when what [`CredentialProvider::health`] returns has changed.
-pub(crate) fn health_changed() {
-    HEALTH_CHANGED.notify_one();
-}
+impl HealthSignal {
+    /// Says that what [`CredentialProvider::health`] returns has changed.
+    pub(crate) fn notify(&self) {
+        self.0.notify_one();
+    }
 
-/// Resolves after the next [`health_changed`] (or at once if one happened since the last call),
-/// so the metrics follow a refresh or a failure without polling.
-pub async fn health_change() {
-    HEALTH_CHANGED.notified().await;
+    /// Resolves after the next [`HealthSignal::notify`] (or at once if one happened since the
+    /// last call).
+    pub async fn changed(&self) {
+        self.0.notified().await;
+    }
 }
 
 /// The seam: something that can hand out the credentials to sign with right now.
@@ -187,6 +193,11 @@ pub trait CredentialProvider: Send + Sync + fmt::Debug {
             expiry: None,
             errors: 0,
         }]
+    }
+    /// What this provider raises when [`CredentialProvider::health`] changes; `None` when it
+    /// never does.
+    fn health_signal(&self) -> Option<HealthSignal> {
+        None
     }
 }
 
@@ -300,36 +311,6 @@ mod tests {
             Err(CredentialError::Expired { .. })
         ));
     }
-
-    #[test]
-    fn endpoints_and_session_names() {
-        assert_eq!(
-            normalize_endpoint("sts-vpc.cn-hangzhou.aliyuncs.com").unwrap(),
-            "https://sts-vpc.cn-hangzhou.aliyuncs.com"
-        );
-        assert_eq!(
-            normalize_endpoint("http://127.0.0.1:8080/").unwrap(),
-            "http://127.0.0.1:8080"
-        );
-        for bad in ["ftp://x", "http://", "https://h/path", "a b", ""] {
-            assert!(normalize_endpoint(bad).is_err(), "{bad}");
-        }
-        assert!(check_role_session_name("exporter@ns.pod-1").is_ok());
-        assert!(check_role_session_name("x").is_err());
-        assert!(check_role_session_name("has space").is_err());
-    }
-
-    #[test]
-    fn sensitive_strings_cover_encodings() {
-        let c = Credentials::new("STS.i/d", "se/cr=t", Some("to+ken/=".into()));
-        let s = c.sensitive_strings();
-        assert!(s.contains(&"to%2Bken%2F%3D".to_owned()));
-        assert!(s.contains(&"to%252Bken%252F%253D".to_owned()));
-        assert!(
-            s.contains(&"STS.i%252Fd".to_owned()),
-            "the key id too: {s:?}"
-        );
-    }
 }
 
 /// A provider that has nothing to give: polls fail with `code="credentials"` and the reason,
@@ -338,6 +319,7 @@ mod tests {
 pub struct Unavailable {
     error: CredentialError,
     errors: AtomicU64,
+    signal: HealthSignal,
 }
 
 impl Unavailable {
@@ -345,6 +327,7 @@ impl Unavailable {
         Self {
             error,
             errors: AtomicU64::new(0),
+            signal: HealthSignal::default(),
         }
     }
 }
@@ -356,7 +339,7 @@ impl CredentialProvider for Unavailable {
 
     fn credentials(&self) -> BoxFuture<'_, Result<Arc<Credentials>, CredentialError>> {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        health_changed();
+        self.signal.notify();
         let e = self.error.clone();
         Box::pin(async move { Err(e) })
     }
@@ -367,6 +350,10 @@ impl CredentialProvider for Unavailable {
             expiry: None,
             errors: self.errors.load(Ordering::Relaxed),
         }]
+    }
+
+    fn health_signal(&self) -> Option<HealthSignal> {
+        Some(self.signal.clone())
     }
 }
 
@@ -379,44 +366,6 @@ pub const DEFAULT_ROLE_SESSION_NAME: &str = "redis-session-exporter";
 pub const ENV_STS_ENDPOINT: &str = "ALIBABA_CLOUD_STS_ENDPOINT";
 pub const ENV_ROLE_SESSION_NAME: &str = "ALIBABA_CLOUD_ROLE_SESSION_NAME";
 
-/// A bare host means https; a full `http(s)://host[:port]` URL is taken as is. Returns the URL
-/// without a trailing slash.
-pub fn normalize_endpoint(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let with_scheme = if s.contains("://") {
-        s.to_owned()
-    } else {
-        format!("https://{s}")
-    };
-    match reqwest::Url::parse(&with_scheme) {
-        Ok(u)
-            if matches!(u.scheme(), "http" | "https")
-                && u.host_str().is_some_and(|h| !h.is_empty())
-                && u.query().is_none()
-                && matches!(u.path(), "" | "/") =>
-        {
-            Ok(with_scheme.trim_end_matches('/').to_owned())
-        }
-        _ => Err(format!(
-            "{s:?} is neither a host name nor an http(s)://host[:port] URL"
-        )),
-    }
-}
-
-/// `RoleSessionName` as STS accepts it: 2 to 64 of `[A-Za-z0-9._@-]`.
-pub fn check_role_session_name(s: &str) -> Result<(), String> {
-    let ok = (2..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{s:?} must be 2 to 64 characters of letters, digits and . _ @ -"
-        ))
-    }
-}
-
 /// What every provider needs besides its own files: endpoints and names from `[credentials]`
 /// and the environment, resolved once.
 #[derive(Debug, Clone)]
@@ -428,12 +377,14 @@ pub struct Settings {
     pub role_session_name: String,
     /// `$HOME`, where `~/.aliyun/config.json` and `~/.alibabacloud/credentials` live.
     pub home: Option<PathBuf>,
+    /// Raised by every provider built with these settings when its health changes.
+    pub signal: HealthSignal,
 }
 
 impl Settings {
     /// Config keys win over the SDK environment variables, which win over the defaults.
     pub fn resolve(
-        cfg: &crate::config::CredentialsConfig,
+        cfg: &CredentialsConfig,
         get: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, CredentialError> {
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
@@ -456,6 +407,7 @@ impl Settings {
                 .map_err(|r| bad("credentials.ecs_metadata_endpoint", r))?,
             role_session_name: session,
             home: non_empty(get("HOME")).map(PathBuf::from),
+            signal: HealthSignal::default(),
         })
     }
 }
@@ -495,42 +447,48 @@ impl Spec {
             )),
             Spec::EcsRamRole { role } => {
                 ecs::check_enabled(name, get)?;
-                Arc::new(refresh::Refreshing::new(ecs::EcsFetcher::new(
-                    name,
-                    &settings.ecs_metadata_endpoint,
-                    role,
-                )?))
+                Arc::new(
+                    refresh::Refreshing::new(ecs::EcsFetcher::new(
+                        name,
+                        &settings.ecs_metadata_endpoint,
+                        role,
+                    )?)
+                    .with_signal(settings.signal.clone()),
+                )
             }
-            Spec::Oidc(params) => Arc::new(refresh::Refreshing::new(oidc::OidcFetcher::new(
-                name,
-                &settings.sts_endpoint,
-                params,
-                &settings.role_session_name,
-            )?)),
+            Spec::Oidc(params) => Arc::new(
+                refresh::Refreshing::new(oidc::OidcFetcher::new(
+                    name,
+                    &settings.sts_endpoint,
+                    params,
+                    &settings.role_session_name,
+                )?)
+                .with_signal(settings.signal.clone()),
+            ),
         })
     }
 }
 
 /// Builds the provider `[credentials]` asks for.
 pub fn from_config(
-    cfg: &crate::config::CredentialsConfig,
+    cfg: &CredentialsConfig,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
     from_config_with(cfg, &|k| std::env::var(k).ok())
 }
 
 /// [`from_config`] with the environment passed in, for tests.
 pub fn from_config_with(
-    cfg: &crate::config::CredentialsConfig,
+    cfg: &CredentialsConfig,
     get: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
     let settings = Settings::resolve(cfg, get)?;
     tracing::debug!(provider = %cfg.provider, sts = %settings.sts_endpoint,
         metadata = %settings.ecs_metadata_endpoint, "building the credential provider");
-    match cfg.provider.as_str() {
-        "default" => Ok(Arc::new(chain::Chain::from_env(&settings, get))),
-        "env" => Ok(Arc::new(from_env_with(get)?)),
-        "static" => static_from_config(cfg),
-        "oidc" => oidc::OidcParams::from_env(get)?
+    match cfg.provider {
+        Provider::Default => Ok(Arc::new(chain::Chain::from_env(&settings, get))),
+        Provider::Env => Ok(Arc::new(from_env_with(get)?)),
+        Provider::Static => static_from_config(cfg),
+        Provider::Oidc => oidc::OidcParams::from_env(get)?
             .ok_or_else(|| {
                 CredentialError::not_configured(
                     "oidc",
@@ -543,12 +501,12 @@ pub fn from_config_with(
                 )
             })
             .and_then(|p| Spec::Oidc(p).build("oidc", &settings, get)),
-        "profile" => {
+        Provider::Profile => {
             let path = profile::path(&settings)
                 .ok_or_else(|| CredentialError::not_configured("profile", "HOME is not set"))?;
             profile::load(&path, get)?.build("profile", &settings, get)
         }
-        "file" => {
+        Provider::File => {
             let path = file::path(&settings, get).ok_or_else(|| {
                 CredentialError::not_configured(
                     "file",
@@ -557,19 +515,15 @@ pub fn from_config_with(
             })?;
             file::load(&path, get)?.build("file", &settings, get)
         }
-        "ecs_ram_role" => Spec::EcsRamRole {
+        Provider::EcsRamRole => Spec::EcsRamRole {
             role: ecs::role_from_env(get),
         }
         .build("ecs_ram_role", &settings, get),
-        other => Err(CredentialError::not_configured(
-            "default",
-            format!("credentials.provider {other:?} is not a known provider"),
-        )),
     }
 }
 
 fn static_from_config(
-    cfg: &crate::config::CredentialsConfig,
+    cfg: &CredentialsConfig,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
     let fail = |reason: String| CredentialError::not_configured("static", reason);
     let id = cfg

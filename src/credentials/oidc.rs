@@ -7,9 +7,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::BoxFuture;
+
 use super::refresh::Fetch;
-use super::{BoxFuture, CredentialError, Credentials, ExposeSecret, SecretString};
-use crate::das::sign;
+use super::{CredentialError, Credentials, ExposeSecret, SecretString};
+use crate::acs::{self, sign};
 
 pub const ENV_ROLE_ARN: &str = "ALIBABA_CLOUD_ROLE_ARN";
 pub const ENV_OIDC_PROVIDER_ARN: &str = "ALIBABA_CLOUD_OIDC_PROVIDER_ARN";
@@ -17,6 +19,10 @@ pub const ENV_OIDC_TOKEN_FILE: &str = "ALIBABA_CLOUD_OIDC_TOKEN_FILE";
 pub const STS_API_VERSION: &str = "2015-04-01";
 /// What the SDKs ask for; STS accepts 900 at least.
 pub const DURATION_SECONDS: u64 = 3600;
+/// An STS call, answer included, takes at most this long.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// An STS answer is a few hundred bytes; anything near this is not one.
+const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
 /// What `AssumeRoleWithOIDC` needs besides the token itself.
 #[derive(Debug, Clone)]
@@ -107,8 +113,6 @@ struct StsCredentials {
 #[serde(rename_all = "PascalCase")]
 struct StsAnswer {
     credentials: Option<StsCredentials>,
-    code: Option<String>,
-    message: Option<String>,
 }
 
 /// Reads an STS answer. Error messages are cut short and have `scrub` removed from them.
@@ -118,7 +122,6 @@ pub fn parse_answer(
     body: &[u8],
     scrub: &[&str],
 ) -> Result<Credentials, CredentialError> {
-    let answer: Option<StsAnswer> = serde_json::from_slice(body).ok();
     let clean = |s: &str| {
         let mut s: String = s.chars().take(300).collect();
         for n in scrub.iter().filter(|n| n.len() >= 4) {
@@ -126,15 +129,12 @@ pub fn parse_answer(
         }
         s
     };
-    match answer {
-        Some(StsAnswer {
+    if (200..300).contains(&status) {
+        if let Ok(StsAnswer {
             credentials: Some(c),
-            ..
-        }) if (200..300).contains(&status) => Ok(Credentials {
-            access_key_id: c.access_key_id,
-            access_key_secret: c.access_key_secret,
-            security_token: Some(c.security_token),
-            expiration: Some(parse_expiration(&c.expiration).ok_or_else(|| {
+        }) = serde_json::from_slice(body)
+        {
+            let expiration = parse_expiration(&c.expiration).ok_or_else(|| {
                 CredentialError::failed(
                     provider,
                     format!(
@@ -142,25 +142,26 @@ pub fn parse_answer(
                         clean(&c.expiration)
                     ),
                 )
-            })?),
-        }),
-        Some(StsAnswer {
-            code: Some(code),
-            message,
-            ..
-        }) => Err(CredentialError::failed(
-            provider,
-            format!(
+            })?;
+            return Ok(Credentials {
+                access_key_id: c.access_key_id,
+                access_key_secret: c.access_key_secret,
+                security_token: Some(c.security_token),
+                expiration: Some(expiration),
+            });
+        }
+    }
+    Err(CredentialError::failed(
+        provider,
+        match acs::error_code(body) {
+            Some((code, message)) => format!(
                 "STS refused AssumeRoleWithOIDC (HTTP {status}, {}): {}",
                 clean(&code),
-                clean(message.as_deref().unwrap_or(""))
+                clean(&message)
             ),
-        )),
-        _ => Err(CredentialError::failed(
-            provider,
-            format!("STS answered HTTP {status} without credentials"),
-        )),
-    }
+            None => format!("STS answered HTTP {status} without credentials"),
+        },
+    ))
 }
 
 /// `2024-01-01T00:00:00Z`, fractional seconds tolerated.
@@ -174,7 +175,7 @@ pub fn parse_expiration(s: &str) -> Option<SystemTime> {
 #[derive(Debug)]
 pub struct OidcFetcher {
     name: &'static str,
-    http: reqwest::Client,
+    acs: acs::Client,
     /// Without a trailing slash.
     endpoint: String,
     params: OidcParams,
@@ -188,25 +189,18 @@ impl OidcFetcher {
         mut params: OidcParams,
         session_name: &str,
     ) -> Result<Self, CredentialError> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!(
-                "redis-session-exporter/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .build()
+        let acs = acs::Client::new(TIMEOUT, MAX_ANSWER_BYTES, "the size of an STS answer")
             .map_err(|e| CredentialError::failed(name, format!("HTTP client: {e}")))?;
         let session_name = params
             .role_session_name
             .take()
             .unwrap_or_else(|| session_name.to_owned());
-        super::check_role_session_name(&session_name).map_err(|r| {
+        crate::config::check_role_session_name(&session_name).map_err(|r| {
             CredentialError::not_configured(name, format!("role_session_name: {r}"))
         })?;
         Ok(Self {
             name,
-            http,
+            acs,
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             params,
             session_name,
@@ -242,27 +236,20 @@ impl Fetch for OidcFetcher {
                 token.expose_secret(),
                 SystemTime::now(),
             );
-            let resp = self
-                .http
-                .post(format!("{}/?{query}", self.endpoint))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("accept", "application/json")
-                .body(form)
-                .send()
+            let reply = self
+                .acs
+                .call_anonymous(&self.endpoint, &query, form)
                 .await
                 .map_err(|e| {
-                    // Without the URL: reqwest's Display would include it.
-                    CredentialError::failed(
-                        self.name,
-                        format!("STS request failed: {}", e.without_url()),
-                    )
+                    CredentialError::failed(self.name, format!("STS request failed: {e}"))
                 })?;
-            let status = resp.status().as_u16();
-            let body = resp.bytes().await.map_err(|e| {
-                CredentialError::failed(self.name, format!("STS answer: {}", e.without_url()))
-            })?;
             let encoded = sign::percent_encode(token.expose_secret());
-            parse_answer(self.name, status, &body, &[token.expose_secret(), &encoded])
+            parse_answer(
+                self.name,
+                reply.status.as_u16(),
+                &reply.body,
+                &[token.expose_secret(), &encoded],
+            )
         })
     }
 }

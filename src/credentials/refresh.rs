@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use super::{BoxFuture, CredentialError, CredentialProvider, Credentials, Health};
+use futures_util::future::BoxFuture;
+
+use super::{CredentialError, CredentialProvider, Credentials, Health, HealthSignal};
 
 /// How long before `Expiration` credentials count as stale: what the official SDKs use.
 pub const STALE_MARGIN: Duration = Duration::from_secs(15 * 60);
@@ -93,6 +95,7 @@ struct Inner<F> {
     generation: AtomicU64,
     errors: AtomicU64,
     task_started: AtomicBool,
+    signal: HealthSignal,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,8 +123,17 @@ impl<F: Fetch> Refreshing<F> {
                 generation: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 task_started: AtomicBool::new(false),
+                signal: HealthSignal::default(),
             }),
         }
+    }
+
+    /// Raises `signal` (shared with other providers) instead of a signal of its own.
+    pub fn with_signal(mut self, signal: HealthSignal) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.signal = signal;
+        }
+        self
     }
 
     /// Starts the refresh task once, from inside the runtime; it ends with the provider.
@@ -195,7 +207,7 @@ impl<F: Fetch> Inner<F> {
             }
         };
         self.generation.fetch_add(1, Ordering::SeqCst);
-        super::health_changed();
+        self.signal.notify();
         result
     }
 
@@ -266,6 +278,10 @@ impl<F: Fetch> CredentialProvider for Refreshing<F> {
             errors: self.inner.errors.load(Ordering::Relaxed),
         }]
     }
+
+    fn health_signal(&self) -> Option<HealthSignal> {
+        Some(self.inner.signal.clone())
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +294,8 @@ mod tests {
         calls: Arc<AtomicUsize>,
         fail: Arc<AtomicBool>,
         lifetime: Duration,
+        /// When each fetch started (tokio's clock, so paused tests read exact gaps).
+        started: Arc<Mutex<Vec<tokio::time::Instant>>>,
     }
 
     impl Fetch for Fake {
@@ -286,6 +304,7 @@ mod tests {
         }
         fn fetch(&self) -> BoxFuture<'_, Result<Credentials, CredentialError>> {
             Box::pin(async move {
+                lock(&self.started).push(tokio::time::Instant::now());
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 if self.fail.load(Ordering::SeqCst) {
@@ -314,6 +333,7 @@ mod tests {
                     calls: calls.clone(),
                     fail: fail.clone(),
                     lifetime,
+                    started: Arc::default(),
                 },
                 policy,
             ),
@@ -335,9 +355,10 @@ mod tests {
             MIN_REFRESH_INTERVAL
         );
         assert_eq!(p.refresh_delay(now, now), MIN_REFRESH_INTERVAL);
-        assert_eq!(p.backoff(1), Duration::from_secs(1));
-        assert_eq!(p.backoff(3), Duration::from_secs(4));
-        assert_eq!(p.backoff(30), BACKOFF_MAX);
+        // The documented figures, as literals: 1 s doubling to 60 s.
+        let secs: Vec<u64> = (1..=9).map(|n| p.backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(p.backoff(1000), Duration::from_secs(60));
     }
 
     #[tokio::test]
@@ -395,41 +416,64 @@ mod tests {
         assert!(e.to_string().contains("already expired"), "{e}");
     }
 
-    #[tokio::test]
+    /// The background task with the default policy, on tokio's paused clock (so the gaps are
+    /// exact and the test takes no real time): credentials living 1 h are refreshed 45 min after
+    /// issue and not before; when refreshes then fail, the retries come 1 s, 2 s, 4 s … apart,
+    /// doubling up to 60 s and staying there (the documented figures, as literals: a hot retry
+    /// loop or a flat delay fails), and the old credentials stay in use.
+    #[tokio::test(start_paused = true)]
     async fn the_task_refreshes_before_expiry_and_backs_off_on_failure() {
-        // Time shrunk: credentials live 1 h, go stale 1 h - 300 ms after issue.
-        let policy = Policy {
-            stale_margin: Duration::from_secs(3600) - Duration::from_millis(300),
-            min_refresh_interval: Duration::from_millis(100),
-            backoff_start: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(200),
-        };
-        let (p, calls, fail) = fake_with(Duration::from_secs(3600), policy);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fail = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let p = Refreshing::new(Fake {
+            calls: calls.clone(),
+            fail: fail.clone(),
+            lifetime: Duration::from_secs(3600),
+            started: started.clone(),
+        });
         let first = p.credentials().await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "not refreshed while fresh");
-        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let issued = lock(&started)[0];
+        // Fresh for 45 minutes: no refresh.
+        tokio::time::sleep(Duration::from_secs(45 * 60 - 1)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "refreshed while fresh");
         while calls.load(Ordering::SeqCst) < 2 {
-            assert!(std::time::Instant::now() < end, "never refreshed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let refreshed_after = lock(&started)[1] - issued;
+        assert!(
+            refreshed_after >= Duration::from_secs(45 * 60)
+                && refreshed_after < Duration::from_secs(45 * 60 + 1),
+            "refreshed {refreshed_after:?} after issue"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         let second = p.credentials().await.unwrap();
         assert_ne!(
             first.access_key_id, second.access_key_id,
             "the refreshed ones are used"
         );
+
+        // From now on every refresh fails. The next one is due 45 min later again.
         fail.store(true, Ordering::SeqCst);
-        let before = calls.load(Ordering::SeqCst);
-        while calls.load(Ordering::SeqCst) < before + 4 {
-            assert!(
-                std::time::Instant::now() < end,
-                "no retries after a failure"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        while calls.load(Ordering::SeqCst) < 12 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        assert!(p.health()[0].errors >= 3);
+        let times = lock(&started).clone();
+        // Gaps between fetch starts after the first failure (fetch number 3 on), less the fake's
+        // own 50 ms per fetch, in whole milliseconds (tokio's timer rounds up to 1 ms).
+        let gaps_ms: Vec<u64> = times[2..]
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis() as u64 - 50)
+            .collect();
+        let want_s = [1, 2, 4, 8, 16, 32, 60, 60, 60];
+        for (i, (got, want)) in gaps_ms.iter().zip(want_s).enumerate() {
+            assert!(
+                got.abs_diff(want * 1000) <= 2,
+                "retry {}: waited {got} ms, the documented back-off is {want} s (all: {gaps_ms:?})",
+                i + 1
+            );
+        }
+        assert!(p.health()[0].errors >= 9);
         let still = p.credentials().await.unwrap();
         assert_eq!(
             still.access_key_id, second.access_key_id,

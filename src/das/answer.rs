@@ -8,7 +8,7 @@
 //! the fold makes of a value is said once, by name, in [`Ints::figures`] and
 //! [`Texts::add_labels`]. Every other key of a session is skipped by both.
 
-use crate::snapshot::{Figures, Fold};
+use crate::snapshot::{parse_flags, Figures, Fold};
 
 /// The envelope: `Code`, `Message`, `Success`, `Data`; anything else is ignored.
 #[derive(Debug, Default)]
@@ -117,6 +117,7 @@ session_fields! {
         Cmd => cmd,
         Name => name,
         Flags => flags,
+        Client => client,
     }
     int {
         Db => db,
@@ -157,7 +158,17 @@ impl Ints {
 }
 
 impl Texts<&str> {
-    /// Counts one session under each of its labels (`Flags` goes into the figures instead).
+    /// Counts one session: its figures, its client's figures (kept only when attribution is
+    /// on), and its labels.
+    pub(crate) fn add_session(&self, ints: &Ints, fold: &mut Fold) {
+        let f = ints.figures(parse_flags(self.flags));
+        fold.add_client(self.client, f.idle, f.omem);
+        fold.add_figures(&f);
+        self.add_labels(fold);
+    }
+
+    /// Counts one session under each of its labels (`Flags` goes into the figures instead,
+    /// `Client` into the per-client figures).
     pub(crate) fn add_labels(&self, fold: &mut Fold) {
         fold.add_node(self.node_id, 1);
         fold.add_command(self.cmd, 1);
@@ -196,7 +207,7 @@ mod tests {
             assert_ne!(f, Field::Other, "{k}");
             assert!(seen.insert(f), "{k} shares a field with an earlier key");
         }
-        for other in ["", "Client", "Id", "nodeid", "NodeId ", "Age\0"] {
+        for other in ["", "Addr", "Id", "nodeid", "NodeId ", "Age\0"] {
             assert_eq!(Field::from_key(other.as_bytes()), Field::Other, "{other:?}");
         }
         assert_eq!(Field::from_key(b"QbufFree"), Field::Int(IntField::QbufFree));

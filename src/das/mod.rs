@@ -1,11 +1,13 @@
-//! The DAS `GetRedisAllSession` source: signing, the wire model, and the HTTP client.
+//! The DAS `GetRedisAllSession` source over [`crate::acs`]: the wire model (a byte scanner with
+//! a serde reference behind it) and the source that calls it.
 
 /// The answer's envelope and the session field table both decoders read.
 mod answer;
 pub mod client;
+/// Realistic generated answers for the benchmarks, the fuzz seeds and the fast-path tests.
+pub mod corpus;
 /// The fast path of [`wire::decode`].
 mod scan;
-pub mod sign;
 pub mod wire;
 
 pub use client::DasClient;

@@ -111,6 +111,7 @@ impl<'a> ClientInfo<'a> {
     pub fn view(&self, node_id: &'a str) -> SessionView<'a> {
         SessionView {
             node_id,
+            client: self.client_ip(),
             cmd: self.cmd,
             db: self.db,
             name: self.name,

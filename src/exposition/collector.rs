@@ -174,6 +174,26 @@ fn samples(fam: Fam, s: &InstanceSeries, out: &mut impl Out) -> fmt::Result {
         (Fam::ByUser, _, Some(d)) => pairs(out, "user", &d.by_user),
         (Fam::ByLibrary, _, Some(d)) => pairs(out, "library", &d.by_library),
         (Fam::TotalMemoryBytes, _, Some(d)) => out.histogram(&[], &d.total_memory),
+        (
+            Fam::ByWorkload | Fam::LongIdleByWorkload | Fam::OutputBufferMaxByWorkload,
+            Some(s),
+            _,
+        ) => {
+            for (w, f) in s.by_workload.iter().flatten() {
+                let labels = [
+                    ("source_namespace", &*w.namespace),
+                    ("source_workload", &*w.name),
+                    ("source_kind", w.kind.as_str()),
+                ];
+                let v = match fam {
+                    Fam::ByWorkload => f.sessions,
+                    Fam::LongIdleByWorkload => f.long_idle,
+                    _ => f.output_buffer_max,
+                };
+                out.gauge(&labels, v)?;
+            }
+            Ok(())
+        }
         (Fam::QueryBufferMax, Some(s), _) => out.gauge(&[], s.query_buffer_max_bytes),
         (Fam::OutputBufferMax, Some(s), _) => out.gauge(&[], s.output_buffer_max_bytes),
         (Fam::OutputListMax, Some(s), _) => out.gauge(&[], s.output_list_max_objects),

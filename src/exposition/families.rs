@@ -86,6 +86,13 @@ families! {
         "Sessions per client library name (lib-name; direct source only).";
     TotalMemoryBytes => "redis_session_total_memory_bytes", Histogram,
         "Distribution of the total memory used by each session (tot-mem; direct source only).";
+    // Attribution (issue 14): only when [attribution] has networks or Kubernetes enabled.
+    ByWorkload => "redis_sessions_by_workload", Gauge,
+        "Sessions per Kubernetes workload, configured network or unknown; beyond max_workloads, summed in source_workload=\"other\".";
+    LongIdleByWorkload => "redis_sessions_long_idle_by_workload", Gauge,
+        "Sessions idle at least [attribution] idle_threshold, per workload.";
+    OutputBufferMaxByWorkload => "redis_session_output_buffer_max_bytes_by_workload", Gauge,
+        "Largest output buffer memory among each workload's sessions.";
     QueryBufferMax => "redis_session_query_buffer_max_bytes", Gauge,
         "Largest query buffer of any session.";
     OutputBufferMax => "redis_session_output_buffer_max_bytes", Gauge,

@@ -47,17 +47,14 @@ struct SourceStat<'a> {
 }
 
 fn hash64(parts: &[&[u8]]) -> u64 {
+    use std::hash::Hasher as _;
     // FNV-1a: stable across runs and versions, which a seed needs to be.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = fnv::FnvHasher::default();
     for p in parts {
-        for b in *p {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+        h.write(p);
+        h.write_u8(0xff);
     }
-    h
+    h.finish()
 }
 
 /// Default session count of an instance when none is configured: 50..=400, by id.

@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::Fault;
 
-use crate::das::{sign, ACTION, API_VERSION};
+use crate::acs::sign;
+use crate::das::{ACTION, API_VERSION};
 use crate::discovery::{self, InventoryInstance, Tag, Tags};
 
 /// What an authenticated request asks for.
@@ -89,6 +90,11 @@ pub struct SimConfig {
     /// What R-KVStore `DescribeInstances` lists (served on the same endpoint; replaceable at
     /// run time with `PUT /_sim/inventory`).
     pub inventory: Vec<InventoryInstance>,
+    /// A file whose bytes every healthy GetRedisAllSession answer is, verbatim, whatever the
+    /// instance (the end-to-end CPU benchmark serves a corpus answer this way); faults still
+    /// answer as set. Read once, at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_file: Option<std::path::PathBuf>,
 }
 
 /// Key pair the simulator accepts when none is configured (obviously fake).
@@ -112,6 +118,7 @@ impl Default for SimConfig {
             instances: BTreeMap::new(),
             from_redis: None,
             inventory: Vec::new(),
+            body_file: None,
         }
     }
 }
@@ -148,6 +155,8 @@ struct SimState {
     faults_changed: tokio::sync::Notify,
     /// The real server behind `from_redis`.
     redis: Option<crate::direct::NodeClient>,
+    /// The contents of `body_file`.
+    body: Option<Bytes>,
     inventory: Mutex<Vec<InventoryInstance>>,
 }
 
@@ -161,9 +170,18 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
         .from_redis
         .as_deref()
         .map(|url| {
-            crate::direct::parse_endpoint(url, false)
+            crate::config::parse_endpoint(url, false)
                 .map(|e| crate::direct::NodeClient::new(e, None, None))
                 .map_err(|e| format!("--from-redis: {e}"))
+        })
+        .transpose()?;
+    let body = cfg
+        .body_file
+        .as_ref()
+        .map(|p| {
+            std::fs::read(p)
+                .map(Bytes::from)
+                .map_err(|e| format!("body_file {}: {e}", p.display()))
         })
         .transpose()?;
     let faults = cfg
@@ -179,6 +197,7 @@ pub fn app(cfg: SimConfig) -> Result<Router, String> {
         faults: Mutex::new(faults),
         faults_changed: tokio::sync::Notify::new(),
         redis,
+        body,
     });
     Ok(Router::new()
         .route("/", any(api))
@@ -431,10 +450,7 @@ fn parse_params(query: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    crate::clock::unix_millis(SystemTime::now()).unsigned_abs()
 }
 
 /// The answer `instance` gets now, without faults.
@@ -564,6 +580,9 @@ async fn api(
             fault = resolve();
         }
     }
+    if let (None, Some(body)) = (&fault, &st.body) {
+        return json_ok(body.clone());
+    }
     let cfg = lock(&st.cfg).clone();
     let sessions = match sessions_now(&st, &cfg, &instance).await {
         Ok(s) => s,
@@ -580,11 +599,11 @@ async fn api(
     }
 }
 
-fn json_ok(body: Vec<u8>) -> Response {
+fn json_ok(body: impl Into<Body>) -> Response {
     (
         StatusCode::OK,
         [("content-type", "application/json;charset=utf-8")],
-        Body::from(body),
+        body.into(),
     )
         .into_response()
 }
@@ -726,7 +745,7 @@ async fn describe_instances(
             (None, None) => {}
         }
     }
-    if tags.len() > discovery::MAX_TAGS {
+    if tags.len() > crate::config::MAX_TAGS {
         return bad("InvalidTags.Count", "At most 5 tags are allowed.");
     }
     if !tags.is_empty() && region.is_none() {

@@ -3,8 +3,8 @@
 //! - every relative link of the Markdown files (README, CONTRIBUTING, CHANGELOG, BENCHMARKS,
 //!   `docs/`) names a file that exists, and a heading anchor that exists in it;
 //! - every metric family the real binary emits (the demo's scrape, plus an exporter with a failing
-//!   instance, a direct instance on a real redis-server and a discovery block, for the error,
-//!   direct-only and discovery families) is documented in
+//!   instance, a direct instance on a real redis-server, a discovery block and attribution, for
+//!   the error, direct-only, discovery and attribution families) is documented in
 //!   `docs/metrics.md` and queried by at least one panel of the Grafana dashboard;
 //! - every configuration key `check-config` accepts is documented in `docs/configuration.md`. The
 //!   keys come from the binary itself: a probe key in each table makes `check-config` list the
@@ -296,6 +296,10 @@ address = "redis://{redis}"
 regions = ["cn-hangzhou"]
 refresh = "1s"
 endpoint = "http://{sim}"
+[attribution]
+networks = [{{ cidr = "127.0.0.0/8", name = "loopback" }}]
+[attribution.kubernetes]
+enabled = true
 "#
     );
     let (_exp, addr) = start_exporter(
@@ -312,6 +316,8 @@ endpoint = "http://{sim}"
             let t = scrape_om(addr).await;
             (t.contains("redis_session_exporter_poll_errors_total{")
                 && t.contains("redis_sessions_by_user{")
+                && t.contains("redis_sessions_by_workload{")
+                && t.contains("redis_session_exporter_attribution_errors_total{")
                 && t.contains("redis_session_exporter_discovery_last_success_timestamp_seconds{"))
             .then_some(t)
         },

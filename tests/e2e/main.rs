@@ -6,6 +6,7 @@
 mod common;
 mod fakes;
 
+mod attribution;
 mod config_errors;
 mod credentials;
 mod direct;
@@ -14,6 +15,7 @@ mod faults;
 mod fleet;
 mod front_door;
 mod image;
+mod layout;
 mod polling;
 mod prometheus;
 mod reload;

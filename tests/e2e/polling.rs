@@ -430,7 +430,7 @@ async fn figures_match_the_simulator_and_pass_the_official_tools() {
 
     // Signing round trip: the simulator checked every request's signature and rejected none.
     // It checks with the crate's own signer, so this shows the client and the checker agree,
-    // not that either matches the vendor: the vendor's published vectors (`das::sign` unit
+    // not that either matches the vendor: the vendor's published vectors (`acs::sign` unit
     // tests, and `das::client`'s DAS-shaped STS vector) are the independent oracle.
     let stats = sim_stats(sim_addr).await;
     assert!(stats["rejected"].as_object().unwrap().is_empty(), "{stats}");
@@ -603,7 +603,7 @@ fn version_flag() {
 }
 
 /// A signing round trip (the simulator verifies with the crate's own signer; the vendor's
-/// vectors in `das::sign` are the independent oracle). One set of variables for both processes:
+/// vectors in `acs::sign` are the independent oracle). One set of variables for both processes:
 /// the simulator accepts the pair it is started with, and rejects a request signed with another
 /// secret.
 #[tokio::test]

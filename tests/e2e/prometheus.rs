@@ -10,7 +10,7 @@
 //!   is no test. The expressions, their windows and thresholds are the shipped ones (the test
 //!   checks that only `for:` lines differ). The recording rules are loaded unchanged.
 //! - Dashboard variables are substituted the way Grafana does for "All": every `$variable`
-//!   becomes `.*`; `$__rate_interval` becomes `1m` (Grafana's value for a 15 s scrape
+//!   becomes `.*` (a constant its value); `$__rate_interval` becomes `1m` (Grafana's value for a 15 s scrape
 //!   interval; the data here is seconds old, and `rate` needs only two samples in the window).
 //! - A second target of the job points at a closed loopback port, so `up == 0` for it and
 //!   `RedisSessionExporterDown` fires.
@@ -43,7 +43,9 @@ fault = { kind = "no_permission" }
 
 /// Four DAS instances, one direct instance (a real redis-server with one client) for the
 /// direct-only families, and a discovery block (the simulator's empty inventory) for the discovery
-/// families: every dashboard panel then has data.
+/// families, and attribution (a network for the simulator's clients; Kubernetes on with no
+/// configuration to be found, which counts `code="config"` errors) for the by-workload and
+/// attribution families: every dashboard panel then has data.
 fn exporter_config(sim: SocketAddr, redis: SocketAddr) -> String {
     format!(
         r#"
@@ -71,6 +73,10 @@ address = "redis://{redis}"
 regions = ["cn-hangzhou"]
 refresh = "1s"
 endpoint = "http://{sim}"
+[attribution]
+networks = [{{ cidr = "10.0.0.0/8", name = "vpc" }}]
+[attribution.kubernetes]
+enabled = true
 "#
     )
 }
@@ -223,21 +229,29 @@ fn dashboard_queries() -> Vec<(String, String)> {
     let d: Value = serde_json::from_str(&text).unwrap();
     // Every variable as "All" (`.*`), longest names first so that `$team` cannot eat
     // `$team_x`.
-    let mut names: Vec<String> = d["templating"]["list"]
+    // Constants become their value.
+    let mut names: Vec<(String, String)> = d["templating"]["list"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .map(|v| {
+            let value = if v["type"] == "constant" {
+                v["query"].as_str().unwrap().to_owned()
+            } else {
+                ".*".to_owned()
+            };
+            (v["name"].as_str().unwrap().to_owned(), value)
+        })
         .collect();
-    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    names.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
     let subst = |e: &str| {
         let mut e = e
             .replace("$__rate_interval", "1m")
             .replace("${__rate_interval}", "1m");
-        for n in &names {
+        for (n, v) in &names {
             e = e
-                .replace(&format!("${{{n}}}"), ".*")
-                .replace(&format!("${n}"), ".*");
+                .replace(&format!("${{{n}}}"), v)
+                .replace(&format!("${n}"), v);
         }
         e
     };

@@ -372,8 +372,15 @@ async fn a_new_interval_applies_to_tasks_already_sleeping() {
     write_config(&exp, &config(sim, "1h", inst));
     let (status, body) = post_reload(addr).await;
     assert_eq!(status, 200, "{body}");
-    tokio::time::sleep(Duration::from_millis(1500)).await; // a poll under way may still land
-    let settled = polls(&scrape_text(addr).await, "r-sleepy").unwrap();
+    // A poll under way at the reload may still land: wait until every request the simulator
+    // saw is a finished poll, rather than for a time a loaded machine may overrun.
+    let settled = wait_until("no poll in flight", WAIT, || async move {
+        let stats = sim_stats(sim).await;
+        let polled = polls(&scrape_text(addr).await, "r-sleepy").unwrap();
+        (stats["in_flight"] == 0 && stats["requests"]["r-sleepy"].as_f64() == Some(polled))
+            .then_some(polled)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         polls(&scrape_text(addr).await, "r-sleepy"),

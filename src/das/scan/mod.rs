@@ -51,7 +51,7 @@ use self::plain::{find_special, quoted_or_plain_int};
 use self::tally::Tally;
 use self::template::{Glue, Template};
 use super::answer::{DataMeta, Envelope, Field, FieldSet, Ints, Texts};
-use crate::snapshot::{parse_flags, Fold};
+use crate::snapshot::Fold;
 
 /// The scanner gave up; the reference decoder decides.
 struct Bail;
@@ -144,36 +144,12 @@ impl<'a> Scanner<'a> {
         self.depth -= 1;
     }
 
-    /// After the opening quote: finds the closing one, checking escapes and refusing raw
-    /// control characters as serde_json does for every string.
+    /// After the opening quote: the string up to its closing quote (see [`string_at`]).
     #[inline]
     fn string(&mut self) -> R<RawStr<'a>> {
-        let start = self.i;
-        let mut escaped = false;
-        loop {
-            let rest = self.b.get(self.i..).ok_or(Bail)?;
-            self.i += find_special(rest).ok_or(Bail)?;
-            match self.peek() {
-                Some(b'"') => {
-                    let raw = self.b.get(start..self.i).ok_or(Bail)?;
-                    self.i += 1;
-                    return Ok(RawStr { raw, escaped });
-                }
-                Some(b'\\') => {}
-                // A raw control character.
-                _ => return Err(Bail),
-            }
-            // A backslash: check the escape's syntax.
-            escaped = true;
-            match self.b.get(self.i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
-                Some(b'u') => {
-                    hex4(self.b.get(self.i + 2..).ok_or(Bail)?)?;
-                    self.i += 6;
-                }
-                _ => return Err(Bail),
-            }
-        }
+        let (raw, end) = string_at(self.b, self.i)?;
+        self.i = end;
+        Ok(raw)
     }
 
     /// A number token: checks the grammar serde_json checks and returns its bytes.
@@ -498,9 +474,9 @@ impl<'a> Scanner<'a> {
             cmd: texts.cmd.as_deref().unwrap_or(""),
             name: texts.name.as_deref().unwrap_or(""),
             flags: texts.flags.as_deref().unwrap_or(""),
+            client: texts.client.as_deref().unwrap_or(""),
         };
-        fold.add_figures(&ints.figures(parse_flags(texts.flags)));
-        texts.add_labels(fold);
+        texts.add_session(&ints, fold);
         Ok(())
     }
 
@@ -538,5 +514,36 @@ impl<'a> Scanner<'a> {
         let count = count.flatten().map_or(0, |v| v.max(0) as u64);
         fold.add_source(key.flatten().as_deref().unwrap_or(""), count);
         Ok(())
+    }
+}
+
+/// The string whose contents start at `i` (after its opening quote), and the index after its
+/// closing quote: escapes are checked and raw control characters refused, as serde_json does
+/// for every string, kept or skipped.
+#[inline]
+fn string_at(b: &[u8], start: usize) -> R<(RawStr<'_>, usize)> {
+    let mut i = start;
+    let mut escaped = false;
+    loop {
+        i += find_special(b.get(i..).ok_or(Bail)?).ok_or(Bail)?;
+        match b.get(i) {
+            Some(b'"') => {
+                let raw = b.get(start..i).ok_or(Bail)?;
+                return Ok((RawStr { raw, escaped }, i + 1));
+            }
+            Some(b'\\') => {}
+            // A raw control character.
+            _ => return Err(Bail),
+        }
+        // A backslash: check the escape's syntax.
+        escaped = true;
+        match b.get(i + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+            Some(b'u') => {
+                hex4(b.get(i + 2..).ok_or(Bail)?)?;
+                i += 6;
+            }
+            _ => return Err(Bail),
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::hash::Hasher;
 
+use super::template::Label;
 use super::{Bail, R};
 use crate::das::answer::Texts;
 use crate::snapshot::{Fold, FxHasher};
@@ -16,12 +17,22 @@ pub(super) struct Tally<'a> {
 }
 
 impl<'a> Tally<'a> {
-    /// Counts one session under each of its labels (`Flags` goes into the figures instead).
+    /// Counts one session under each of its labels (`Flags` goes into the figures instead):
+    /// raw values here, decoded ones (rare) straight into the fold.
     #[inline]
-    pub(super) fn count(&mut self, texts: &Texts<&'a [u8]>) {
-        self.nodes.add(texts.node_id);
-        self.commands.add(texts.cmd);
-        self.names.add(texts.name);
+    pub(super) fn count(&mut self, texts: Texts<Label<'a>>, fold: &mut Fold) {
+        match texts.node_id {
+            Label::Raw(raw) => self.nodes.add(raw),
+            Label::Decoded(s) => fold.add_node(&s, 1),
+        }
+        match texts.cmd {
+            Label::Raw(raw) => self.commands.add(raw),
+            Label::Decoded(s) => fold.add_command(&s, 1),
+        }
+        match texts.name {
+            Label::Raw(raw) => self.names.add(raw),
+            Label::Decoded(s) => fold.add_client_name(&s, 1),
+        }
     }
 
     /// Hands each distinct value to the fold once, with its count. A value that is not UTF-8

@@ -616,3 +616,53 @@ proptest::proptest! {
         same(wrapped.as_bytes())?;
     }
 }
+
+#[test]
+fn every_corpus_shape_agrees_and_takes_the_template_path() {
+    use crate::das::corpus;
+    for (name, mut shape) in corpus::members() {
+        shape.sessions = shape.sessions.min(400);
+        for seed in 0..3 {
+            let body = corpus::answer(&shape, seed);
+            same(&body).unwrap_or_else(|e| panic!("{name} seed {seed}: {e}"));
+            let (_, by_template) = scan_counting(&body, &mut Fold::new()).expect("scans");
+            // The first session of each layout teaches it; every other session matches one:
+            // escaped names, nulls and digit strings included. Sparse answers have three
+            // layouts (all keys; no `ClientDesc`; no `Name` and `Events`).
+            let layouts = if shape.sparse { 3 } else { 1 };
+            assert_eq!(
+                by_template,
+                shape.sessions as u64 - layouts,
+                "{name} seed {seed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn committed_real_answers_take_the_fast_path() {
+    // The fuzz seeds `real-*.json` are corpus answers (written by the decode bench with
+    // `CORPUS_WRITE`); the fuzzers start from them, so they must exercise the fast path, not
+    // the fallback.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/decode");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("the decode fuzz seeds") {
+        let path = entry.expect("a directory entry").path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !name.starts_with("real-") {
+            continue;
+        }
+        let body = std::fs::read(&path).expect("a seed");
+        same(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let sessions = decode(&body, &Limits::default()).expect("decodes").sessions;
+        let (_, by_template) = scan_counting(&body, &mut Fold::new()).expect("scans");
+        let layouts = if name.contains("sparse") { 3 } else { 1 };
+        assert!(sessions >= 10, "{name}: {sessions} sessions");
+        assert!(
+            by_template + layouts >= sessions,
+            "{name}: {by_template} of {sessions} sessions on the fast path"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 9, "{seen} real-looking seeds in {}", dir.display());
+}

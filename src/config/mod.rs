@@ -1,0 +1,790 @@
+//! The configuration: a TOML file, then `REDIS_SESSION_EXPORTER_<SECTION>__<KEY>` environment
+//! overrides, then command-line flags, merged by figment and validated in one place.
+//!
+//! Unknown keys are errors, and every error names the key it is about, because a typo that is
+//! silently ignored is the worst kind of misconfiguration for a daemon nobody watches start.
+
+mod attribution;
+mod credentials;
+mod discovery;
+mod instance;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use attribution::{AttributionConfig, KubernetesConfig, NetworkConfig};
+pub use credentials::{check_role_session_name, normalize_endpoint, CredentialsConfig, Provider};
+pub use discovery::{
+    endpoint_for, DiscoveryConfig, ARCHITECTURES, DEFAULT_ENDPOINT, MAX_TAGS, MIN_REFRESH,
+};
+#[cfg(test)]
+pub(crate) use instance::tests::cert_and_key;
+pub use instance::{
+    parse_endpoint, read_password, validate_instance, CheckedFile, Endpoint, InstanceConfig,
+    SourceKind, TlsFiles,
+};
+
+/// The largest value any count limit may take (`[limits]`, `server.max_connections`).
+pub const MAX_LIMIT: usize = 100_000;
+
+/// The longest any `[server]` timeout may be.
+const MAX_SERVER_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Prefix of the environment overrides; `__` separates section and key.
+pub const ENV_PREFIX: &str = "REDIS_SESSION_EXPORTER_";
+
+/// Label names the exporter itself puts on series; an instance's own labels may not reuse them.
+pub const RESERVED_LABELS: &[&str] = &[
+    "instance_id",
+    "node_id",
+    "source",
+    "command",
+    "db",
+    "flag",
+    "client_name",
+    "kind",
+    "le",
+    "code",
+    "version",
+    "provider",
+    "region",
+    "user",
+    "library",
+    "source_namespace",
+    "source_workload",
+    "source_kind",
+    // Prometheus target labels: a clash would be renamed `exported_*` at scrape time.
+    "instance",
+    "job",
+];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub das: DasConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+    #[serde(default)]
+    pub instances: Vec<InstanceConfig>,
+    /// `[[discovery]]`: instances found in the cloud's inventory.
+    #[serde(default)]
+    pub discovery: Vec<DiscoveryConfig>,
+    #[serde(default)]
+    pub sharding: Sharding,
+    /// `[attribution]`: who holds the sessions (Kubernetes workloads, networks).
+    #[serde(default)]
+    pub attribution: AttributionConfig,
+}
+
+/// `[sharding]`: which part of the fleet this replica polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sharding {
+    /// This replica's shard, from 0.
+    pub shard: u32,
+    /// How many shards the fleet is split into.
+    #[serde(rename = "total_shards")]
+    pub total: u32,
+}
+
+impl Default for Sharding {
+    fn default() -> Self {
+        Self { shard: 0, total: 1 }
+    }
+}
+
+/// `[limits]`: cardinality caps the fold applies to each instance's breakdowns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_sources: usize,
+    pub max_commands: usize,
+    pub max_client_names: usize,
+    /// Series of the by-workload families per instance (attribution).
+    pub max_workloads: usize,
+    /// Not a config key: set from `[attribution] idle_threshold` (seconds) when attribution is
+    /// on, so that every fold built for these limits keeps per-client figures.
+    #[serde(skip)]
+    pub client_idle_threshold: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sources: 50,
+            max_commands: 100,
+            max_client_names: 50,
+            max_workloads: 100,
+            client_idle_threshold: None,
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Connections held at most; when all are taken, the one waiting longest for a request
+    /// head makes room for a new one.
+    pub max_connections: usize,
+    /// A connection must send a complete request head within this (from its accept, or from
+    /// the first byte of a keep-alive connection's next request).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection idle longer than this is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A response not fully written this long after its request head is dropped.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// On SIGTERM, how long responses in flight may take before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 10379)),
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[das]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DasConfig {
+    /// `http(s)://host[:port]`; the only public endpoint is in cn-shanghai, whatever the region.
+    pub endpoint: String,
+    /// Per request, body included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Bodies larger than this are cut off while reading and count as `invalid_response`.
+    pub max_body_bytes: u64,
+}
+
+impl Default for DasConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://das.cn-shanghai.aliyuncs.com".into(),
+            timeout: Duration::from_secs(10),
+            max_body_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[poll]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub concurrency: usize,
+    pub max_requests_per_second: f64,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            concurrency: 4,
+            max_requests_per_second: 5.0,
+        }
+    }
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    /// `--shard` (or the ordinal `--shard-from-hostname` found).
+    pub shard: Option<u32>,
+    /// `--total-shards`.
+    pub total_shards: Option<u32>,
+}
+
+/// One problem with one key: the one shape of every validation error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl KeyError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same problem, its key placed under `prefix` (`instances[0]` + `address`).
+    pub fn under(self, prefix: &str) -> Self {
+        Self {
+            key: format!("{prefix}.{}", self.key),
+            reason: self.reason,
+        }
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.reason)
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<KeyError>),
+}
+
+impl Config {
+    /// Reads `path`, applies the environment and `overrides`, and validates.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_sources(&text, std::env::vars(), overrides)
+    }
+
+    /// [`Config::load`] with the file text and the environment passed in (tests use this).
+    pub fn from_sources(
+        toml_text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        // Only our prefix is looked at; figment's Env lower-cases keys and splits on `__`.
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let mut fig = Figment::new().merge(Toml::string(toml_text));
+        for (k, v) in &env {
+            let key = k[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            // Parsed the way figment's own `Env` provider parses (numbers, booleans, else a
+            // string); done by hand so tests can pass the environment in.
+            let value: figment::value::Value = v.parse().unwrap_or_else(|e| match e {});
+            fig = fig.merge((key, value));
+        }
+        if let Some(listen) = overrides.listen {
+            fig = fig.merge(("server.listen", listen.to_string()));
+        }
+        if let Some(n) = overrides.shard {
+            fig = fig.merge(("sharding.shard", n));
+        }
+        if let Some(m) = overrides.total_shards {
+            fig = fig.merge(("sharding.total_shards", m));
+        }
+        let cfg: Config = fig.extract().map_err(figment_errors)?;
+        cfg.validate().map_err(ConfigError::Invalid)?;
+        Ok(cfg)
+    }
+
+    /// Every semantic check, all reported at once.
+    pub fn validate(&self) -> Result<(), Vec<KeyError>> {
+        let mut errs = Vec::new();
+        let push = |errs: &mut Vec<KeyError>, key: &str, reason: String| {
+            errs.push(KeyError::new(key, reason))
+        };
+
+        match url::Url::parse(&self.das.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => push(
+                &mut errs,
+                "das.endpoint",
+                format!(
+                    "{:?} is not an http(s)://host[:port] URL",
+                    self.das.endpoint
+                ),
+            ),
+        }
+        if !(1..=MAX_LIMIT).contains(&self.server.max_connections) {
+            push(
+                &mut errs,
+                "server.max_connections",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            );
+        }
+        for (key, d) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.request_timeout", self.server.request_timeout),
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+        ] {
+            if d.is_zero() || d > MAX_SERVER_TIMEOUT {
+                push(
+                    &mut errs,
+                    key,
+                    "must be greater than zero and at most 1h".into(),
+                );
+            }
+        }
+        if self.das.timeout.is_zero() {
+            push(&mut errs, "das.timeout", "must be greater than zero".into());
+        }
+        if self.das.max_body_bytes < 1024 {
+            push(
+                &mut errs,
+                "das.max_body_bytes",
+                "must be at least 1024".into(),
+            );
+        }
+        if self.poll.interval < Duration::from_secs(1) {
+            push(&mut errs, "poll.interval", "must be at least 1s".into());
+        }
+        if self.poll.concurrency == 0 {
+            push(&mut errs, "poll.concurrency", "must be at least 1".into());
+        }
+        if !(self.poll.max_requests_per_second.is_finite()
+            && self.poll.max_requests_per_second > 0.0)
+        {
+            push(
+                &mut errs,
+                "poll.max_requests_per_second",
+                "must be a number greater than zero".into(),
+            );
+        }
+        errs.extend(self.credentials.validate());
+
+        let mut seen = HashSet::new();
+        for (i, inst) in self.instances.iter().enumerate() {
+            let key = format!("instances[{i}].id");
+            if inst.id.trim().is_empty() {
+                push(&mut errs, &key, "must not be empty".into());
+            } else if !seen.insert(inst.id.as_str()) {
+                push(
+                    &mut errs,
+                    &key,
+                    format!("duplicate instance id {:?}", inst.id),
+                );
+            }
+            for name in inst.labels.keys() {
+                let key = format!("instances[{i}].labels.{name}");
+                if let Err(reason) = check_label_name(name) {
+                    push(&mut errs, &key, reason);
+                }
+            }
+            for e in validate_instance(inst) {
+                errs.push(e.under(&format!("instances[{i}]")));
+            }
+        }
+        if self.sharding.total == 0 {
+            push(
+                &mut errs,
+                "sharding.total_shards",
+                "must be at least 1".into(),
+            );
+        } else if self.sharding.shard >= self.sharding.total {
+            push(&mut errs,
+                "sharding.shard",
+                format!(
+                    "shard {} does not exist: shards are numbered 0 to {} (sharding.total_shards = {})",
+                    self.sharding.shard,
+                    self.sharding.total - 1,
+                    self.sharding.total
+                ),
+            );
+        }
+        for (i, d) in self.discovery.iter().enumerate() {
+            errs.extend(d.validate(&format!("discovery[{i}]")));
+        }
+        errs.extend(self.attribution.validate());
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The effective configuration as TOML, for `check-config`. Holds no secret by construction:
+    /// secrets are only ever file paths here, and the refused inline one is never serialised.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Prometheus label-name rules, plus the exporter's reserved names.
+pub fn check_label_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+        ));
+    }
+    if name.starts_with("__") {
+        return Err(format!(
+            "{name:?}: names starting with __ are reserved by Prometheus"
+        ));
+    }
+    if RESERVED_LABELS.contains(&name) {
+        return Err(format!(
+            "{name:?} collides with a label the exporter sets itself"
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a figment path the way validation names keys: `instances[0].id`, not `instances.0.id`.
+fn key_of(path: &[String]) -> String {
+    let mut key = String::new();
+    for seg in path {
+        if !key.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            key.push_str(&format!("[{seg}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(seg);
+        }
+    }
+    key
+}
+
+/// Turns figment's errors into key-named ones (figment prefixes paths with the profile name).
+fn figment_errors(e: figment::Error) -> ConfigError {
+    let errs = e
+        .into_iter()
+        .map(|e| {
+            let mut path: Vec<String> = e.path.clone();
+            if path.first().is_some_and(|p| p == "default") {
+                path.remove(0);
+            }
+            // Some figment errors already end their path with the unknown field; never name it twice.
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+                if path.last() != Some(field) {
+                    path.push(field.clone());
+                }
+            }
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            KeyError {
+                key: if path.is_empty() {
+                    "(top level)".into()
+                } else {
+                    key_of(&path)
+                },
+                reason: format!("{}{from}", e.kind),
+            }
+        })
+        .collect();
+    ConfigError::Invalid(errs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_sources(toml, Vec::new(), &Overrides::default())
+    }
+
+    fn load_env(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_sources(
+            toml,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &Overrides::default(),
+        )
+    }
+
+    fn error_text(r: Result<Config, ConfigError>) -> String {
+        r.expect_err("must be refused").to_string()
+    }
+
+    const MINIMAL: &str = "[[instances]]\nid = \"r-1\"\n";
+
+    #[test]
+    fn defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:10379");
+        assert_eq!(c.das.endpoint, "https://das.cn-shanghai.aliyuncs.com");
+        assert_eq!(c.das.timeout, Duration::from_secs(10));
+        assert_eq!(c.poll.interval, Duration::from_secs(60));
+        assert_eq!(c.poll.concurrency, 4);
+        assert_eq!(c.poll.max_requests_per_second, 5.0);
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_sources: 50,
+                max_commands: 100,
+                max_client_names: 50,
+                max_workloads: 100,
+                client_idle_threshold: None,
+            }
+        );
+        assert_eq!(c.instances, vec![InstanceConfig::new("r-1")]);
+        // The issue's contract, as literals.
+        assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn server_limits_are_bounded_with_the_key_named() {
+        for (line, key) in [
+            ("max_connections = 0", "server.max_connections"),
+            ("max_connections = 100001", "server.max_connections"),
+            ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+            ("idle_timeout = \"61m\"", "server.idle_timeout"),
+            ("request_timeout = \"2h\"", "server.request_timeout"),
+            ("shutdown_timeout = \"0s\"", "server.shutdown_timeout"),
+        ] {
+            let e = error_text(load(&format!("[server]\n{line}\n{MINIMAL}")));
+            assert!(e.contains(&format!("`{key}`")), "{line}: {e}");
+        }
+        let c = load(&format!(
+            "[server]\nmax_connections = 100000\nidle_timeout = \"1h\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.server.max_connections, 100_000);
+    }
+
+    #[test]
+    fn full_file_and_human_durations() {
+        let c = load(
+            r#"
+            [server]
+            listen = "127.0.0.1:9999"
+            [das]
+            endpoint = "http://127.0.0.1:8080"
+            timeout = "2s"
+            [poll]
+            interval = "2m"
+            concurrency = 2
+            max_requests_per_second = 0.5
+            [limits]
+            max_sources = 3
+            [[instances]]
+            id = "r-a"
+            labels = { env = "prod", team = "x" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.poll.interval, Duration::from_secs(120));
+        assert_eq!(c.das.timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_sources, 3);
+        assert_eq!(c.limits.max_commands, 100);
+        assert_eq!(c.instances[0].labels["env"], "prod");
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_both() {
+        let c = load_env(
+            "[poll]\ninterval = \"10s\"\n[[instances]]\nid = \"r-1\"\n",
+            &[
+                ("REDIS_SESSION_EXPORTER_POLL__INTERVAL", "30s"),
+                ("REDIS_SESSION_EXPORTER_POLL__CONCURRENCY", "9"),
+                ("REDIS_SESSION_EXPORTER_SERVER__LISTEN", "127.0.0.1:1"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.poll.interval, Duration::from_secs(30));
+        assert_eq!(c.poll.concurrency, 9);
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:1");
+        let c = Config::from_sources(
+            MINIMAL,
+            vec![(
+                "REDIS_SESSION_EXPORTER_SERVER__LISTEN".into(),
+                "127.0.0.1:1".into(),
+            )],
+            &Overrides {
+                listen: Some("127.0.0.1:2".parse().unwrap()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:2");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[poll]\nintervall = \"1s\"\n", "poll.intervall"),
+            ("[poll]\ninterval = \"soon\"\n", "poll.interval"),
+            (
+                "[poll]\nconcurrency = 0\n[[instances]]\nid=\"a\"\n",
+                "poll.concurrency",
+            ),
+            (
+                "[poll]\nmax_requests_per_second = 0\n[[instances]]\nid=\"a\"\n",
+                "poll.max_requests_per_second",
+            ),
+            ("[[instances]]\nid = \"\"\n", "instances[0].id"),
+            (
+                "[[instances]]\nid = \"a\"\n[[instances]]\nid = \"a\"\n",
+                "instances[1].id",
+            ),
+            (
+                "[[instances]]\nid = \"a\"\nlabels = { \"bad-name\" = \"x\" }\n",
+                "instances[0].labels.bad-name",
+            ),
+            (
+                "[[instances]]\nid = \"a\"\nlabels = { node_id = \"x\" }\n",
+                "instances[0].labels.node_id",
+            ),
+            (
+                "[[instances]]\nid = \"a\"\nlabels = { __x = \"x\" }\n",
+                "instances[0].labels.__x",
+            ),
+            ("[[instances]]\nidd = \"a\"\n", "instances[0].idd"),
+            ("[das]\nendpoint = \"ftp://x\"\n", "das.endpoint"),
+            (
+                "[credentials]\naccess_key_secret = \"oops-not-here\"\n",
+                "credentials.access_key_secret",
+            ),
+            (
+                "[credentials]\nprovider = \"magic\"\n",
+                "credentials.provider",
+            ),
+            ("bogus = 1\n", "bogus"),
+        ];
+        for (toml, key) in cases {
+            let text = error_text(load(toml));
+            assert!(text.contains(&format!("`{key}`")), "{toml:?}: {text}");
+        }
+        let text = error_text(load_env(
+            MINIMAL,
+            &[("REDIS_SESSION_EXPORTER_POLL__INTERVAL", "x")],
+        ));
+        assert!(text.contains("poll.interval"), "{text}");
+    }
+
+    #[test]
+    fn secret_file_must_be_readable_and_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "s3cr3t-value\n").unwrap();
+        let cfg = |p: &Path| {
+            format!(
+                "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = {:?}\n",
+                p.display().to_string()
+            )
+        };
+        for (p, why) in [
+            (&missing, "cannot read"),
+            (&dir.path().to_owned(), "cannot read"),
+            (&empty, "is empty"),
+        ] {
+            let text = error_text(load(&cfg(p)));
+            assert!(
+                text.contains("`credentials.access_key_secret_file`") && text.contains(why),
+                "{text}"
+            );
+        }
+        load(&cfg(&good)).unwrap();
+    }
+
+    #[test]
+    fn inline_secret_is_refused_and_never_printed() {
+        let text = error_text(load(
+            "[credentials]\naccess_key_secret = \"hunter2-secret\"\n",
+        ));
+        assert!(!text.contains("hunter2-secret"), "{text}");
+        assert!(text.contains("access_key_secret_file"), "{text}");
+    }
+
+    #[test]
+    fn check_config_output_round_trips() {
+        let c = load(
+            "[poll]\ninterval = \"90s\"\n[[instances]]\nid = \"r-1\"\nlabels = { env = \"x\" }\n",
+        )
+        .unwrap();
+        let again = load(&c.to_toml()).unwrap();
+        assert_eq!(again.poll, c.poll);
+        assert_eq!(again.instances, c.instances);
+    }
+
+    #[test]
+    fn sharding_and_discovery_keys() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.sharding, Sharding::default());
+        assert!(c.discovery.is_empty());
+        let c = load_env(
+            "[sharding]\nshard = 1\n[[discovery]]\nregions = [\"cn-hangzhou\"]\ntags = { env = \"prod\" }\n",
+            &[("REDIS_SESSION_EXPORTER_SHARDING__TOTAL_SHARDS", "3")],
+        )
+        .unwrap();
+        assert_eq!(c.sharding, Sharding { shard: 1, total: 3 });
+        assert_eq!(c.discovery[0].tags["env"], "prod");
+        let again = load(&c.to_toml()).unwrap();
+        assert_eq!(again.discovery, c.discovery);
+        assert_eq!(again.sharding, c.sharding);
+        let flags = Config::from_sources(
+            MINIMAL,
+            Vec::new(),
+            &Overrides {
+                shard: Some(2),
+                total_shards: Some(4),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(flags.sharding, Sharding { shard: 2, total: 4 });
+        for (toml, key) in [
+            (
+                "[sharding]\nshard = 3\ntotal_shards = 3\n",
+                "sharding.shard",
+            ),
+            ("[sharding]\ntotal_shards = 0\n", "sharding.total_shards"),
+            ("[sharding]\nshards = 2\n", "sharding.shards"),
+            ("[[discovery]]\nregions = []\n", "discovery[0].regions"),
+            (
+                "[[discovery]]\nregions = [\"a\"]\nrefresh = \"0s\"\n",
+                "discovery[0].refresh",
+            ),
+            (
+                "[[discovery]]\nregions = [\"a\"]\nregion = \"a\"\n",
+                "discovery",
+            ),
+        ] {
+            let text = error_text(load(toml));
+            assert!(text.contains(&format!("`{key}")), "{toml:?}: {text}");
+        }
+    }
+}
