@@ -9,7 +9,7 @@
 #   - the schedule as the simulator saw it: requests per instance in the interval and the most
 #     requests that arrived in any 1 s window, against the rate limit.
 # Usage: scripts/bench-fleet.sh   (env: INSTANCES=1000 SESSIONS=2000 INTERVAL=60 RATE=20
-#                                   CONCURRENCY=8 WRK_SECONDS=20)
+#                                   CONCURRENCY=8 WRK_SECONDS=20 BIN= SIM_BIN=)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,8 +24,13 @@ for tool in wrk python3 curl; do
   command -v "$tool" >/dev/null || { echo "bench-fleet: $tool is missing (apt-get install -y $tool)" >&2; exit 1; }
 done
 
-cargo build --release --quiet
-BIN=target/release/redis-session-exporter
+# BIN=path/to/redis-session-exporter measures that binary instead (e.g. an older build, to
+# compare side by side in one session); SIM_BIN the simulator (default: BIN).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=target/release/redis-session-exporter
+fi
+SIM_BIN=${SIM_BIN:-$BIN}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -50,7 +55,7 @@ TOML
   for i in $(seq -f '%05g' 1 "$INSTANCES"); do printf '[[instances]]\nid = "r-fleet%s"\n' "$i"; done
 } >"$WORK/exporter.toml"
 
-"$BIN" simulate --listen "127.0.0.1:$SIM_PORT" --sim-config "$WORK/sim.toml" >"$WORK/sim.log" 2>&1 &
+"$SIM_BIN" simulate --listen "127.0.0.1:$SIM_PORT" --sim-config "$WORK/sim.toml" >"$WORK/sim.log" 2>&1 &
 SIM_PID=$!
 PIDS+=("$SIM_PID")
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$SIM_PORT/_sim/stats" >/dev/null && break; sleep 0.1; done

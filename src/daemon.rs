@@ -17,14 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acs;
 use crate::attribution::{self, Attribution, Networks};
-use crate::clock::unix_seconds;
-use crate::config::{Config, InstanceConfig, Sharding};
+use crate::config::{Config, InstanceConfig};
 use crate::credentials::{CredentialProvider, Health};
 use crate::das::DasClient;
 use crate::direct::DirectSource;
 use crate::discovery::{self, SourceKey};
-use crate::exposition::{BlockWriter, Fam, Format};
+use crate::exposition;
 use crate::fleet;
+use crate::metrics::ProcessMetrics;
 use crate::scheduler::Scheduler;
 use crate::server::{self, app, AppState, ReloadHandle, ReloadRequest, WebConfig};
 use crate::source::{self, Source};
@@ -59,6 +59,7 @@ pub async fn run_with_web(
     let addr = listener.local_addr()?;
 
     let store = Arc::new(Store::new());
+    let metrics = ProcessMetrics::default();
     // One client for every call to the cloud (DAS and discovery): `[das]` timeout and body cap.
     let acs = acs::Client::new(
         cfg.das.timeout,
@@ -66,24 +67,25 @@ pub async fn run_with_web(
         "das.max_body_bytes",
     )
     .context("building the HTTP client")?;
-    let inventory = Arc::new(discovery::Shared::new(acs.clone(), credentials.clone(), {
-        let store = store.clone();
-        Arc::new(move |regions| publish_discovery(&store, regions))
-    }));
+    let inventory = Arc::new(discovery::Shared::new(
+        acs.clone(),
+        credentials.clone(),
+        metrics.clone(),
+    ));
     let source: Arc<dyn Source> = Arc::new(source::Router {
         das: Arc::new(DasClient::new(acs, &cfg.das.endpoint, credentials.clone())),
         direct: Arc::new(DirectSource::new()),
     });
     tokio::spawn(publish_credential_health(
         credentials.clone(),
-        store.clone(),
+        metrics.clone(),
         shutdown.clone(),
     ));
     let (reload, reloads) = ReloadHandle::channel();
     let control = tokio::spawn(control_loop(
         cfg.clone(),
         source,
-        store.clone(),
+        (store.clone(), metrics.clone()),
         reloader,
         reloads,
         inventory,
@@ -97,7 +99,8 @@ pub async fn run_with_web(
         .as_ref()
         .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
     tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total, interval = ?cfg.poll.interval, "serving /metrics");
-    let router = app(AppState::new(store).with_reload(reload));
+    let bodies = Arc::new(exposition::body_cache(store.clone(), &metrics));
+    let router = app(AppState::new(store, bodies).with_reload(reload));
     server::serve(
         listener,
         router,
@@ -117,7 +120,7 @@ pub async fn run_with_web(
 async fn control_loop(
     mut cfg: Config,
     source: Arc<dyn Source>,
-    store: Arc<Store>,
+    (store, metrics): (Arc<Store>, ProcessMetrics),
     reloader: Option<Reloader>,
     mut reloads: mpsc::Receiver<ReloadRequest>,
     inventory: Arc<discovery::Shared>,
@@ -137,14 +140,20 @@ async fn control_loop(
         )
     };
     let mut discovery = start_discovery(&cfg, generation);
-    let mut scheduler = Scheduler::new(source, store.clone(), &cfg, shutdown.clone());
-    if let Some(a) = start_attribution(&cfg, &store, &shutdown) {
+    let mut scheduler = Scheduler::new(
+        source,
+        store.clone(),
+        metrics.clone(),
+        &cfg,
+        shutdown.clone(),
+    );
+    if let Some(a) = start_attribution(&cfg, &metrics, &shutdown) {
         scheduler = scheduler.with_attribution(a, cfg.attribution.idle_threshold);
     }
     let apply = |scheduler: &mut Scheduler,
                  cfg: &Config,
                  discovered: &BTreeMap<SourceKey, Vec<InstanceConfig>>| {
-        publish_sharding(&store, cfg.sharding);
+        metrics.sharding(cfg.sharding.shard, cfg.sharding.total);
         let mut effective = cfg.clone();
         effective.instances = fleet::effective(&cfg.instances, discovered, cfg.sharding);
         scheduler.apply(&effective);
@@ -154,8 +163,7 @@ async fn control_loop(
     };
     apply(&mut scheduler, &cfg, &discovered);
     store.mark_initialized();
-    let mut reload_status = ReloadStatus::default();
-    reload_status.publish(&store, true);
+    metrics.config_loaded(true, SystemTime::now());
 
     loop {
         tokio::select! {
@@ -194,7 +202,7 @@ async fn control_loop(
                         tracing::error!(error = %reason, "reload rejected; the previous configuration stays in force")
                     }
                 }
-                reload_status.publish(&store, outcome.is_ok());
+                metrics.config_loaded(outcome.is_ok(), SystemTime::now());
                 if let Some(r) = reply {
                     let _ = r.send(outcome);
                 }
@@ -234,17 +242,17 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
 /// task publishing its own series. `None` when `[attribution]` names nothing to attribute with.
 fn start_attribution(
     cfg: &Config,
-    store: &Arc<Store>,
+    metrics: &ProcessMetrics,
     shutdown: &CancellationToken,
 ) -> Option<Arc<Attribution>> {
     let ac = &cfg.attribution;
     if !ac.is_enabled() {
         return None;
     }
-    let a = Arc::new(Attribution::new(
-        Networks::new(ac.parsed_networks()),
-        ac.kubernetes.enabled,
-    ));
+    let a = Arc::new(
+        Attribution::new(Networks::new(ac.parsed_networks()), ac.kubernetes.enabled)
+            .counting_into(metrics.clone()),
+    );
     if ac.kubernetes.enabled {
         tokio::spawn(attribution::watch::run(
             a.clone(),
@@ -252,9 +260,9 @@ fn start_attribution(
             shutdown.clone(),
         ));
     }
-    tokio::spawn(publish_attribution_health(
+    tokio::spawn(publish_attribution_pods(
         a.clone(),
-        store.clone(),
+        metrics.clone(),
         shutdown.clone(),
     ));
     tracing::info!(
@@ -266,28 +274,15 @@ fn start_attribution(
     Some(a)
 }
 
-/// Publishes `redis_session_exporter_attribution_pods` and `…_errors_total` when they change
-/// (checked every second: they move only with the watcher's work).
-async fn publish_attribution_health(
+/// Keeps `redis_session_exporter_attribution_pods` current: the count moves with the watcher's
+/// work and with time (deleted pods are forgotten after a while), so it is read every second.
+async fn publish_attribution_pods(
     a: Arc<Attribution>,
-    store: Arc<Store>,
+    metrics: ProcessMetrics,
     shutdown: CancellationToken,
 ) {
-    let mut last = None;
     loop {
-        let now = (a.pods_known(), a.errors());
-        if last.as_ref() != Some(&now) {
-            let blocks = Format::ALL.map(|fmt| {
-                let mut w = BlockWriter::new(fmt, None);
-                w.gauge(Fam::AttributionPods, &[], now.0);
-                for (code, n) in &now.1 {
-                    w.counter(Fam::AttributionErrors, &[("code", code)], *n);
-                }
-                w.finish()
-            });
-            store.publish_global("attribution", blocks);
-            last = Some(now);
-        }
+        metrics.attribution_pods(a.pods_known());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
@@ -295,82 +290,20 @@ async fn publish_attribution_health(
     }
 }
 
-/// `redis_session_exporter_config_last_reload_successful` and the time of the last success,
-/// remembered across reloads by the control loop that owns it.
-#[derive(Debug, Default)]
-struct ReloadStatus {
-    last_success_unix: f64,
-}
-
-impl ReloadStatus {
-    fn publish(&mut self, store: &Store, ok: bool) {
-        if ok {
-            self.last_success_unix = unix_seconds(SystemTime::now());
-        }
-        let blocks = Format::ALL.map(|fmt| {
-            let mut w = BlockWriter::new(fmt, None);
-            w.gauge(Fam::ConfigReloadSuccessful, &[], u64::from(ok));
-            w.gauge(Fam::ConfigReloadTimestamp, &[], self.last_success_unix);
-            w.finish()
-        });
-        store.publish_global("reload", blocks);
-    }
-}
-
-/// `redis_session_exporter_discovery_*`, per region.
-fn publish_discovery(store: &Store, by_region: &BTreeMap<String, discovery::Stats>) {
-    let blocks = Format::ALL.map(|fmt| {
-        let mut w = BlockWriter::new(fmt, None);
-        for (region, s) in by_region {
-            if let Some(n) = s.instances {
-                w.gauge(Fam::DiscoveryInstances, &[("region", region)], n as u64);
-            }
-        }
-        for (region, s) in by_region {
-            for (code, n) in &s.errors {
-                w.counter(
-                    Fam::DiscoveryErrors,
-                    &[("region", region), ("code", code)],
-                    *n,
-                );
-            }
-        }
-        for (region, s) in by_region {
-            w.gauge(
-                Fam::DiscoveryLastSuccess,
-                &[("region", region)],
-                s.last_success,
-            );
-        }
-        w.finish()
-    });
-    store.publish_global("discovery", blocks);
-}
-
-/// `redis_session_exporter_shard_ordinal` and `…_total_shards`.
-fn publish_sharding(store: &Store, sharding: Sharding) {
-    let blocks = Format::ALL.map(|fmt| {
-        let mut w = BlockWriter::new(fmt, None);
-        w.gauge(Fam::ShardOrdinal, &[], u64::from(sharding.shard));
-        w.gauge(Fam::TotalShards, &[], u64::from(sharding.total));
-        w.finish()
-    });
-    store.publish_global("sharding", blocks);
-}
-
 /// Publishes the credential provider's health (expiry, error counts) each time a provider says
 /// it changed, so providers need no knowledge of the store.
 async fn publish_credential_health(
     credentials: Arc<dyn CredentialProvider>,
-    store: Arc<Store>,
+    metrics: ProcessMetrics,
     shutdown: CancellationToken,
 ) {
     let signal = credentials.health_signal();
     let mut last = None;
+    let mut seen = BTreeMap::new();
     loop {
         let rows = credentials.health();
         if last.as_ref() != Some(&rows) {
-            publish_credential_rows(&store, &rows);
+            publish_credential_rows(&metrics, &rows, &mut seen);
             last = Some(rows);
         }
         let changed = async {
@@ -388,22 +321,26 @@ async fn publish_credential_health(
     }
 }
 
-fn publish_credential_rows(store: &Store, rows: &[Health]) {
-    {
-        let blocks = Format::ALL.map(|fmt| {
-            let mut w = BlockWriter::new(fmt, None);
-            for r in rows {
-                if let Some(t) = r.expiry {
-                    let unix = unix_seconds(t);
-                    w.gauge(Fam::CredentialsExpiry, &[("provider", r.provider)], unix);
-                }
-            }
-            for r in rows {
-                w.counter(Fam::CredentialErrors, &[("provider", r.provider)], r.errors);
-            }
-            w.finish()
-        });
-        store.publish_global("credentials", blocks);
+/// Turns provider health rows into the credential metrics: the providers shown, each one's
+/// expiry as given, and its error count as increments since the rows seen before.
+fn publish_credential_rows(
+    metrics: &ProcessMetrics,
+    rows: &[Health],
+    seen: &mut BTreeMap<&'static str, u64>,
+) {
+    seen.retain(|p, _| {
+        let keep = rows.iter().any(|r| r.provider == *p);
+        if !keep {
+            metrics.forget_credential_provider(p);
+        }
+        keep
+    });
+    for r in rows {
+        metrics.credentials_obtained(r.provider, r.expiry);
+        let before = seen.insert(r.provider, r.errors).unwrap_or(0);
+        for _ in before..r.errors {
+            metrics.credential_error(r.provider);
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`config`]: plain types and their validation (file, environment, flags; errors name the
 //!   key). A leaf: imports nothing of the crate.
 //! - `clock`: wall-clock time as numbers.
+//! - [`metrics`]: the process-wide series (polls, errors, credentials, reload, discovery,
+//!   shards, build info) as typed prometheus-client metrics, updated where each event happens.
 //! - [`acs`]: Alibaba Cloud RPC: the v1 signer (pure), one client, one error classification.
 //! - [`credentials`]: where the AccessKey comes from; secrets are redacted by type. STS calls go
 //!   through `acs`.
@@ -24,9 +26,11 @@
 //! - [`discovery`]: instances found in the cloud's inventory (`DescribeInstances` over `acs`),
 //!   sent as typed updates.
 //! - [`fleet`]: which instances this replica polls (configured, discovered, sharded).
-//! - [`exposition`]: classic text and OpenMetrics, encoded once per poll.
-//! - [`store`]: the published state, swapped atomically, read by the server.
-//! - [`scheduler`]: one task per instance on a jittered grid; publishes encoded results.
+//! - [`store`]: the published state: each instance's last result, swapped atomically.
+//! - [`exposition`]: prometheus-client: one registry (the process-wide metrics and a collector
+//!   that writes every instance's series from the store), both text formats, one cached body per
+//!   change, format and encoding.
+//! - [`scheduler`]: one task per instance on a jittered grid; publishes each result to the store.
 //! - [`server`]: `/metrics`, `/`, `/healthz`, `/readyz`, `POST /-/reload` (through a
 //!   [`server::ReloadHandle`]); `server::webconfig` puts TLS and basic auth in front,
 //!   `server::connections` holds the connection limits and timeouts.
@@ -44,6 +48,7 @@
 pub mod config;
 
 pub(crate) mod clock;
+pub mod metrics;
 
 pub mod acs;
 pub mod credentials;
@@ -60,8 +65,9 @@ pub mod discovery;
 
 pub mod fleet;
 
-pub mod exposition;
 pub mod store;
+
+pub mod exposition;
 
 pub mod scheduler;
 pub mod server;

@@ -10,9 +10,8 @@
 //! [`Scheduler::apply`] diffs a new configuration against the running one, which is how reload
 //! works: instances that stay keep their task and counters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attribution::Attribution;
 use crate::config::{Config, InstanceConfig};
-use crate::exposition::{encode_instance, Format, InstanceReport};
+use crate::metrics::ProcessMetrics;
 use crate::snapshot::{Caps, Limits, Snapshot};
 use crate::source::{PollContext, PollError, Source, Throttle};
-use crate::store::{InstanceEntry, Status, Store};
+use crate::store::{InstanceEntry, InstanceSeries, Status, Store};
 
 /// What every instance task reads at the start of each round (swapped whole on reload).
 #[derive(Debug)]
@@ -64,11 +63,10 @@ impl Settings {
     }
 }
 
-/// Counters and last outcome of one instance; survives reloads that keep the instance.
+/// Last outcome of one instance; survives reloads that keep the instance (its counters live in
+/// [`ProcessMetrics`], keyed by instance id, and survive too).
 #[derive(Debug, Default)]
 pub struct InstanceState {
-    pub polls_total: u64,
-    pub errors_by_code: BTreeMap<String, u64>,
     pub last_success_unix: Option<f64>,
     pub snapshot_timestamp_unix: Option<f64>,
     pub last_duration_seconds: Option<f64>,
@@ -92,6 +90,7 @@ struct Task {
 pub struct Scheduler {
     source: Arc<dyn Source>,
     store: Arc<Store>,
+    metrics: ProcessMetrics,
     settings: Arc<ArcSwap<Settings>>,
     /// The current interval; tasks sleeping on a slot planned with an older one wake and re-plan.
     interval: watch::Sender<Duration>,
@@ -107,12 +106,14 @@ impl Scheduler {
     pub fn new(
         source: Arc<dyn Source>,
         store: Arc<Store>,
+        metrics: ProcessMetrics,
         cfg: &Config,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             source,
             store,
+            metrics,
             settings: Arc::new(ArcSwap::from_pointee(Settings::from_config(cfg))),
             interval: watch::Sender::new(cfg.poll.interval),
             tasks: HashMap::new(),
@@ -167,6 +168,7 @@ impl Scheduler {
                 let mut live = t.live.lock().unwrap_or_else(|p| p.into_inner());
                 *live = false;
                 self.store.remove(&id);
+                self.metrics.forget_instance(&id);
             }
             tracing::info!(instance_id = %id, "instance removed");
         }
@@ -193,6 +195,7 @@ impl Scheduler {
                 self.source.clone(),
                 self.store.clone(),
                 Shared {
+                    metrics: self.metrics.clone(),
                     settings: self.settings.clone(),
                     interval: self.interval.subscribe(),
                     state: state.clone(),
@@ -285,6 +288,7 @@ fn unix_now() -> f64 {
 
 /// What an instance task shares with the scheduler.
 struct Shared {
+    metrics: ProcessMetrics,
     settings: Arc<ArcSwap<Settings>>,
     interval: watch::Receiver<Duration>,
     state: Arc<Mutex<InstanceState>>,
@@ -344,6 +348,12 @@ async fn run_instance(
             if !*live {
                 return;
             }
+            // Under the same lock as the publish: a removed instance's counters stay removed.
+            let result = match &entry.status {
+                Status::Down { code, .. } => Err(code.as_str()),
+                _ => Ok(()),
+            };
+            shared.metrics.poll_finished(&inst.id, result);
             store.publish(entry);
         }
 
@@ -380,10 +390,7 @@ async fn run_instance(
             next
         };
         if skipped > 0 {
-            store
-                .stats
-                .skipped_polls
-                .fetch_add(skipped, Ordering::Relaxed);
+            shared.metrics.polls_skipped(skipped);
             tracing::warn!(instance_id = %inst.id, skipped, took = ?took, "poll outlasted its interval; skipped rounds");
         }
         // Up to 1% of the interval (at most 1 s) of random jitter keeps replicas from aligning.
@@ -396,7 +403,7 @@ async fn run_instance(
 }
 
 /// Folds one outcome into the instance's state, logs state changes (not every failure), and
-/// encodes the entry to publish.
+/// builds the entry to publish.
 fn record(
     inst: &InstanceConfig,
     state: &Mutex<InstanceState>,
@@ -405,7 +412,6 @@ fn record(
 ) -> InstanceEntry {
     let now = unix_now();
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    st.polls_total += 1;
     st.polled = true;
     st.last_duration_seconds = Some(took.as_secs_f64());
     let (snapshot, status) = match result {
@@ -422,7 +428,6 @@ fn record(
         }
         Err(e) => {
             let code = e.code().into_owned();
-            *st.errors_by_code.entry(code.clone()).or_insert(0) += 1;
             if st.failing_with.as_deref() != Some(code.as_str()) {
                 tracing::warn!(instance_id = %inst.id, code = %code, error = %e, "poll failing");
                 st.failing_with = Some(code.clone());
@@ -435,24 +440,18 @@ fn record(
     };
     let mut info_labels = inst.labels.clone();
     info_labels.retain(|k, _| !k.is_empty());
-    let report = InstanceReport {
-        id: &inst.id,
-        info_labels: &info_labels,
-        snapshot: snapshot.as_ref(),
-        last_success_unix: st.last_success_unix,
-        snapshot_timestamp_unix: st.snapshot_timestamp_unix,
-        polls_total: st.polls_total,
-        errors_by_code: &st.errors_by_code,
-        last_duration_seconds: st.last_duration_seconds,
-    };
     InstanceEntry {
         id: inst.id.clone(),
         status,
         last_poll_unix: Some(now),
-        blocks: [
-            encode_instance(Format::Text, &report),
-            encode_instance(Format::OpenMetrics, &report),
-        ],
+        series: Some(InstanceSeries {
+            info_labels,
+            snapshot,
+            last_success_unix: st.last_success_unix,
+            snapshot_timestamp_unix: st.snapshot_timestamp_unix,
+            last_duration_seconds: st.last_duration_seconds,
+            max_connections: None,
+        }),
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::exposition::{Block, Format};
+use crate::snapshot::Snapshot;
 
 /// What the landing page says about an instance's last poll.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +34,8 @@ pub struct InstanceEntry {
     pub status: Status,
     /// Unix seconds of the last finished poll.
     pub last_poll_unix: Option<f64>,
-    /// Pre-encoded series, indexed by [`Format`].
-    pub blocks: [Block; 2],
+    /// What /metrics shows; `None` until the first poll finishes.
+    pub series: Option<InstanceSeries>,
 }
 
 impl InstanceEntry {
@@ -45,37 +45,36 @@ impl InstanceEntry {
             id: id.to_owned(),
             status: Status::Pending,
             last_poll_unix: None,
-            blocks: Default::default(),
+            series: None,
         }
     }
-
-    pub fn block(&self, fmt: Format) -> &Block {
-        &self.blocks[fmt as usize]
-    }
 }
 
-/// Process-wide counters shown on /metrics.
-#[derive(Debug, Default)]
-pub struct GlobalStats {
-    pub skipped_polls: AtomicU64,
+/// What /metrics shows about one instance as of its last finished poll; the exposition's
+/// collector reads it at encode time.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceSeries {
+    /// Configured and inventory labels, exported on `redis_session_instance_info` only.
+    pub info_labels: BTreeMap<String, String>,
+    /// The last poll's snapshot when that poll succeeded; `None` exports health series only.
+    pub snapshot: Option<Snapshot>,
+    pub last_success_unix: Option<f64>,
+    pub snapshot_timestamp_unix: Option<f64>,
+    pub last_duration_seconds: Option<f64>,
+    /// The connection limit, when known (configured, discovered, or read by the direct source).
+    pub max_connections: Option<u64>,
 }
-
-/// Process-wide series of one subsystem (credentials, reload, discovery, sharding), indexed by
-/// [`Format`].
-pub type GlobalBlocks = [Block; 2];
 
 /// The map of published entries.
 #[derive(Debug, Default)]
 pub struct Store {
     instances: ArcSwap<BTreeMap<String, Arc<InstanceEntry>>>,
-    globals: ArcSwap<BTreeMap<&'static str, Arc<GlobalBlocks>>>,
     /// Set once the first instance set has been applied: before that an empty map means "not
     /// started yet", not "nothing to wait for".
     initialized: AtomicBool,
-    /// Bumped after every change to `instances` or `globals`, so a scrape can tell whether a
-    /// body it rendered earlier is still current (see `server::ScrapeCache`).
+    /// Bumped after every change to `instances`, so a scrape can tell whether a body it
+    /// encoded earlier is still current (see `exposition::BodyCache`).
     generation: AtomicU64,
-    pub stats: GlobalStats,
 }
 
 impl Store {
@@ -100,10 +99,9 @@ impl Store {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Changes so far to what /metrics shows (instances, globals, skipped polls), as one number
-    /// that only grows.
+    /// Changes so far to the published entries, as one number that only grows.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire) + self.stats.skipped_polls.load(Ordering::Acquire)
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Forgets an instance: its series disappear from the next scrape.
@@ -135,26 +133,6 @@ impl Store {
                 .load()
                 .values()
                 .all(|e| e.status != Status::Pending)
-    }
-
-    /// Publishes (or replaces) the process-wide series of subsystem `key`.
-    pub fn publish_global(&self, key: &'static str, blocks: GlobalBlocks) {
-        let blocks = Arc::new(blocks);
-        self.globals.rcu(|m| {
-            let mut m = BTreeMap::clone(m);
-            m.insert(key, blocks.clone());
-            m
-        });
-        self.bump();
-    }
-
-    /// Every subsystem's process-wide blocks.
-    pub fn globals(&self) -> Arc<BTreeMap<&'static str, Arc<GlobalBlocks>>> {
-        self.globals.load_full()
-    }
-
-    pub fn skipped_polls(&self) -> u64 {
-        self.stats.skipped_polls.load(Ordering::Relaxed)
     }
 }
 
@@ -197,10 +175,7 @@ mod tests {
         assert_eq!(s.snapshot().keys().collect::<Vec<_>>(), vec!["b"]);
         assert!(s.generation() > g, "every change moves the generation");
         let g = s.generation();
-        s.stats.skipped_polls.fetch_add(1, Ordering::Relaxed);
-        assert!(s.generation() > g, "skipped polls show on /metrics too");
-        let g = s.generation();
-        s.publish_global("x", Default::default());
+        s.publish(InstanceEntry::pending("c"));
         assert!(s.generation() > g);
     }
 }

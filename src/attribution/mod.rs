@@ -22,6 +22,7 @@ pub use pods::{Kind, Workload, GRACE};
 
 use pods::PodIndex;
 
+use crate::metrics::ProcessMetrics;
 use crate::sticky::{Sticky, OTHER};
 
 /// The `source_workload` (and `source_kind`) value of a client IP nothing names.
@@ -35,6 +36,8 @@ pub struct Attribution {
     pods: RwLock<PodIndex>,
     /// Failed list/watch calls by `code` label (a bounded set: see [`watch::code`]).
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Where the failures are counted for /metrics, when the daemon runs it.
+    metrics: Option<ProcessMetrics>,
     unknown: Workload,
 }
 
@@ -47,8 +50,16 @@ impl Attribution {
             kubernetes,
             pods: RwLock::new(PodIndex::new()),
             errors: Mutex::new(BTreeMap::new()),
+            metrics: None,
             unknown: Workload::new("", UNKNOWN, Kind::Unknown),
         }
+    }
+
+    /// Also counts every failed list/watch call in `metrics`
+    /// (`redis_session_exporter_attribution_errors_total`).
+    pub fn counting_into(mut self, metrics: ProcessMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Whether there is anything to attribute with: the by-workload families are exported
@@ -75,7 +86,7 @@ impl Attribution {
         read(&self.pods).known_ips(Instant::now()) as u64
     }
 
-    /// `redis_session_exporter_attribution_errors_total`, by code.
+    /// Failed list/watch calls so far, by code.
     pub fn errors(&self) -> Vec<(String, u64)> {
         let e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         e.iter().map(|(k, v)| (k.clone(), *v)).collect()
@@ -84,6 +95,9 @@ impl Attribution {
     fn count_error(&self, code: &str) {
         let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         *e.entry(code.to_owned()).or_insert(0) += 1;
+        if let Some(m) = &self.metrics {
+            m.attribution_error(code);
+        }
     }
 
     /// Applies `f` to the pod map (the watcher's side).

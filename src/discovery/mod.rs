@@ -5,7 +5,7 @@
 //! is unit tested; the shell ([`start`]) runs one task per `(block, region)` that refreshes on
 //! its own clock and sends each complete list as an [`Update`]. A refresh that fails anywhere
 //! sends nothing: the last known list stays in force, and the failure is counted per region
-//! ([`Stats`], which the daemon publishes as `redis_session_exporter_discovery_*`). The configuration
+//! (`redis_session_exporter_discovery_*`, in [`crate::metrics`]). The configuration
 //! (`[[discovery]]`) is [`crate::config::DiscoveryConfig`].
 
 mod api;
@@ -20,7 +20,7 @@ pub use api::{
     Page, Tag, Tags, ACTION, API_VERSION, LABEL_ARCHITECTURE, LABEL_NAME, LABEL_REGION, MAX_PAGES,
     PAGE_SIZE, TAG_PREFIX,
 };
-pub use task::{start, Discovery, Report, Shared, Stats};
+pub use task::{start, Discovery, Shared};
 
 /// Which list an [`Update`] replaces: the block, the region, and the generation of the discovery
 /// configuration (bumped on every reload that changes it), so a late update from a task of the

@@ -1,5 +1,5 @@
 //! The shell of discovery: one task per `(block, region)` that refreshes on its own clock, sends
-//! each complete list as an [`Update`], and keeps the per-region metrics.
+//! each complete list as an [`Update`], and updates the per-region metrics.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,29 +15,23 @@ use super::{SourceKey, Update};
 use crate::acs;
 use crate::config::{DiscoveryConfig, InstanceConfig};
 use crate::credentials::{self, CredentialProvider};
+use crate::metrics::ProcessMetrics;
 use crate::source::PollError;
 
-/// Outcomes of one `(block, region)` (kept across reloads while the pair stays configured), or
-/// of a region (summed over the blocks that list it).
+/// The last successful refresh of one `(block, region)`, kept across reloads while the pair
+/// stays configured: a region's gauges sum its blocks.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Stats {
-    /// Instances of the last successful refresh.
-    pub instances: Option<usize>,
-    /// Failed refreshes by `code`.
-    pub errors: BTreeMap<String, u64>,
-    /// Unix seconds of the last successful refresh; 0 before the first.
-    pub last_success: f64,
+struct Last {
+    instances: usize,
+    at: Option<SystemTime>,
 }
 
-/// Told the figures of every region each time they change (it publishes the metrics).
-pub type Report = Arc<dyn Fn(&BTreeMap<String, Stats>) + Send + Sync>;
-
-/// What every discovery task shares: the API client, credentials, the figures they feed.
+/// What every discovery task shares: the API client, credentials, the metrics they update.
 pub struct Shared {
     acs: acs::Client,
     credentials: Arc<dyn CredentialProvider>,
-    report: Report,
-    stats: Mutex<BTreeMap<(usize, String), Stats>>,
+    metrics: ProcessMetrics,
+    last: Mutex<BTreeMap<(usize, String), Last>>,
 }
 
 impl fmt::Debug for Shared {
@@ -50,45 +44,59 @@ impl fmt::Debug for Shared {
 
 impl Shared {
     /// Calls through `acs` (the client DAS uses: `[das] timeout` and `max_body_bytes` apply per
-    /// request), signing with `credentials`, and hands the per-region figures to `report`.
-    pub fn new(acs: acs::Client, credentials: Arc<dyn CredentialProvider>, report: Report) -> Self {
+    /// request), signing with `credentials`, and counts into `metrics`.
+    pub fn new(
+        acs: acs::Client,
+        credentials: Arc<dyn CredentialProvider>,
+        metrics: ProcessMetrics,
+    ) -> Self {
         Self {
             acs,
             credentials,
-            report,
-            stats: Mutex::new(BTreeMap::new()),
+            metrics,
+            last: Mutex::new(BTreeMap::new()),
         }
     }
 
-    fn stats(&self) -> std::sync::MutexGuard<'_, BTreeMap<(usize, String), Stats>> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    fn last(&self) -> std::sync::MutexGuard<'_, BTreeMap<(usize, String), Last>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets pairs no longer configured, so their region's series go away.
+    /// Forgets pairs no longer configured; a region no block lists any more loses its series.
     fn retain(&self, blocks: &[DiscoveryConfig]) {
-        self.stats().retain(|(b, r), _| {
-            blocks
-                .get(*b)
-                .is_some_and(|d| d.regions.iter().any(|x| x == r))
-        });
-        self.publish();
+        let listed = |r: &str| blocks.iter().any(|d| d.regions.iter().any(|x| x == r));
+        let gone: Vec<String> = {
+            let mut last = self.last();
+            let gone = last
+                .keys()
+                .filter(|(_, r)| !listed(r))
+                .map(|(_, r)| r.clone())
+                .collect();
+            last.retain(|(b, r), _| blocks.get(*b).is_some_and(|d| d.regions.contains(r)));
+            gone
+        };
+        for region in gone {
+            self.metrics.forget_region(&region);
+        }
     }
 
-    /// Reports the per-region figures: instances and errors summed over the blocks of a
-    /// region, the newest success.
-    fn publish(&self) {
-        let mut by_region: BTreeMap<String, Stats> = BTreeMap::new();
-        for ((_, region), s) in self.stats().iter() {
-            let r = by_region.entry(region.clone()).or_default();
-            if let Some(n) = s.instances {
-                r.instances = Some(r.instances.unwrap_or(0) + n);
-            }
-            for (code, n) in &s.errors {
-                *r.errors.entry(code.clone()).or_insert(0) += n;
-            }
-            r.last_success = r.last_success.max(s.last_success);
-        }
-        (self.report)(&by_region);
+    /// A successful refresh of `(block, region)`: the region's gauges, summed over its blocks.
+    fn refreshed(&self, block: usize, region: &str, instances: usize) {
+        let (sum, newest) = {
+            let mut last = self.last();
+            last.insert(
+                (block, region.to_owned()),
+                Last {
+                    instances,
+                    at: Some(SystemTime::now()),
+                },
+            );
+            last.iter()
+                .filter(|((_, r), _)| r == region)
+                .fold((0, None), |(n, at), (_, l)| (n + l.instances, at.max(l.at)))
+        };
+        let at = newest.unwrap_or(SystemTime::UNIX_EPOCH);
+        self.metrics.discovery_refreshed(region, sum as u64, at);
     }
 
     /// One request for one page, classified.
@@ -193,7 +201,6 @@ async fn run_pair(
     updates: mpsc::Sender<Update>,
     cancel: CancellationToken,
 ) {
-    let pair = (key.block, key.region.clone());
     loop {
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -202,12 +209,7 @@ async fn run_pair(
         match outcome {
             Ok(instances) => {
                 let n = instances.len();
-                {
-                    let mut stats = shared.stats();
-                    let s = stats.entry(pair.clone()).or_default();
-                    s.instances = Some(n);
-                    s.last_success = crate::clock::unix_seconds(SystemTime::now());
-                }
+                shared.refreshed(key.block, &key.region, n);
                 tracing::debug!(region = %key.region, block = key.block, instances = n, "discovery refreshed");
                 let update = Update {
                     key: key.clone(),
@@ -222,16 +224,9 @@ async fn run_pair(
                 let code = e.code().into_owned();
                 tracing::warn!(region = %key.region, block = key.block, code = %code, error = %e,
                     "discovery refresh failed; keeping the last known instances");
-                *shared
-                    .stats()
-                    .entry(pair.clone())
-                    .or_default()
-                    .errors
-                    .entry(code)
-                    .or_insert(0) += 1;
+                shared.metrics.discovery_failed(&key.region, &code);
             }
         }
-        shared.publish();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(cfg.refresh) => {}

@@ -1,19 +1,31 @@
-//! The table of every metric family, in exposition order.
+//! The per-instance metric families, in exposition order: name, type and HELP text.
 //!
-//! Order matters: a block is written family by family in this order, and a scrape concatenates
-//! sections in this order. New families go where they read best; nothing else needs to change.
+//! The collector writes them in this order, each family once, every instance's samples inside
+//! it. New families go where they read best; the process-wide families are in `crate::metrics`.
+
+use prometheus_client::metrics::MetricType;
 
 /// A family's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Gauge,
-    Counter,
-    GaugeHistogram,
+    /// A snapshot distribution: `_bucket{le}` (cumulative, `+Inf` included), `_sum`, `_count`.
+    Histogram,
 }
 
-/// Name (without `_total` for counters), type and HELP text.
+impl Kind {
+    pub fn metric_type(self) -> MetricType {
+        match self {
+            Kind::Gauge => MetricType::Gauge,
+            Kind::Histogram => MetricType::Histogram,
+        }
+    }
+}
+
+/// Name, type and HELP text.
 #[derive(Debug)]
 pub struct FamilyDef {
+    pub fam: Fam,
     pub name: &'static str,
     pub kind: Kind,
     pub help: &'static str,
@@ -21,14 +33,13 @@ pub struct FamilyDef {
 
 macro_rules! families {
     ($($id:ident => $name:literal, $kind:ident, $help:literal;)*) => {
-        /// Index into [`FAMILIES`].
+        /// One per-instance family.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        #[repr(usize)]
         pub enum Fam { $($id),* }
 
-        /// Every family, indexed by [`Fam`].
+        /// Every per-instance family, in exposition order.
         pub const FAMILIES: &[FamilyDef] = &[
-            $(FamilyDef { name: $name, kind: Kind::$kind, help: $help }),*
+            $(FamilyDef { fam: Fam::$id, name: $name, kind: Kind::$kind, help: $help }),*
         ];
     };
 }
@@ -38,6 +49,8 @@ families! {
         "Client sessions per proxy or data node, from the last successful poll (fetched in the background).";
     SessionsReported => "redis_sessions_reported", Gauge,
         "Total number of sessions as reported by the API (Data.Total).";
+    Unlisted => "redis_sessions_unlisted", Gauge,
+        "Sessions counted in Data.Total but not listed in the answer (0 when it lists them all).";
     BySource => "redis_sessions_by_source", Gauge,
         "Sessions per client source IP; the largest max_sources, the rest summed in source=\"other\".";
     ByCommand => "redis_sessions_by_command", Gauge,
@@ -58,20 +71,20 @@ families! {
         "Sum of objects queued in output lists over all sessions.";
     FixedOutputBuffer => "redis_sessions_fixed_output_buffer_bytes", Gauge,
         "Sum of fixed output buffer sizes over all sessions.";
-    IdleSeconds => "redis_session_idle_seconds", GaugeHistogram,
+    IdleSeconds => "redis_session_idle_seconds", Histogram,
         "Distribution of the idle time of the current sessions.";
-    AgeSeconds => "redis_session_age_seconds", GaugeHistogram,
+    AgeSeconds => "redis_session_age_seconds", Histogram,
         "Distribution of the age (connection duration) of the current sessions.";
-    QueryBufferBytes => "redis_session_query_buffer_bytes", GaugeHistogram,
+    QueryBufferBytes => "redis_session_query_buffer_bytes", Histogram,
         "Distribution of the query buffer size of the current sessions.";
-    OutputBufferBytes => "redis_session_output_buffer_bytes", GaugeHistogram,
+    OutputBufferBytes => "redis_session_output_buffer_bytes", Histogram,
         "Distribution of the output buffer memory of the current sessions.";
     // Direct source only (issue 7): fields only Redis itself reports.
     ByUser => "redis_sessions_by_user", Gauge,
         "Sessions per ACL user (direct source only); beyond max_client_names, summed in user=\"other\".";
     ByLibrary => "redis_sessions_by_library", Gauge,
         "Sessions per client library name (lib-name; direct source only).";
-    TotalMemoryBytes => "redis_session_total_memory_bytes", GaugeHistogram,
+    TotalMemoryBytes => "redis_session_total_memory_bytes", Histogram,
         "Distribution of the total memory used by each session (tot-mem; direct source only).";
     // Attribution (issue 14): only when [attribution] has networks or Kubernetes enabled.
     ByWorkload => "redis_sessions_by_workload", Gauge,
@@ -92,41 +105,13 @@ families! {
         "Unix time of the last successful poll (0 if none yet).";
     SnapshotTimestamp => "redis_session_snapshot_timestamp_seconds", Gauge,
         "Time the API says it took the last successful snapshot (Data.Timestamp).";
-    Polls => "redis_session_exporter_polls", Counter,
-        "Polls of the instance, successful or not (retries inside a poll not counted).";
-    PollErrors => "redis_session_exporter_poll_errors", Counter,
-        "Failed polls of the instance by error code.";
     PollDuration => "redis_session_exporter_poll_duration_seconds", Gauge,
         "Duration of the last poll of the instance, retries included.";
     InstanceInfo => "redis_session_instance_info", Gauge,
         "Always 1; carries the instance's configured labels.";
-    // Process-wide series. Each subsystem publishes its own block of these (see `Store::publish_global`).
-    CredentialsExpiry => "redis_session_exporter_credentials_expiry_timestamp_seconds", Gauge,
-        "When the current short-lived credentials expire (absent for long-lived keys).";
-    CredentialErrors => "redis_session_exporter_credential_errors", Counter,
-        "Failures to obtain or refresh credentials, by provider.";
-    ConfigReloadSuccessful => "redis_session_exporter_config_last_reload_successful", Gauge,
-        "1 if the last configuration reload succeeded, else 0.";
-    ConfigReloadTimestamp => "redis_session_exporter_config_last_reload_success_timestamp_seconds", Gauge,
-        "Unix time of the last successful configuration (re)load.";
-    DiscoveryInstances => "redis_session_exporter_discovery_instances", Gauge,
-        "Instances found by the last successful discovery refresh, per region.";
-    DiscoveryErrors => "redis_session_exporter_discovery_errors", Counter,
-        "Failed discovery refreshes, per region and error code.";
-    DiscoveryLastSuccess => "redis_session_exporter_discovery_last_success_timestamp_seconds", Gauge,
-        "Unix time of the last successful discovery refresh, per region.";
-    AttributionPods => "redis_session_exporter_attribution_pods", Gauge,
-        "Pod IPs attribution currently knows (live pods, and deleted ones within 5 minutes).";
-    AttributionErrors => "redis_session_exporter_attribution_errors", Counter,
-        "Failed Kubernetes list/watch calls of attribution, by code.";
-    ShardOrdinal => "redis_session_exporter_shard_ordinal", Gauge,
-        "This replica's shard number.";
-    TotalShards => "redis_session_exporter_total_shards", Gauge,
-        "Number of shards the fleet is split into.";
+    MaxConnections => "redis_session_instance_max_connections", Gauge,
+        "The instance's connection limit: [[instances]] max_connections, DescribeInstances Connections, or maxclients (direct source); absent when unknown.";
+    // Derived from the store as a whole, not from one instance.
     Instances => "redis_session_exporter_instances", Gauge,
         "Instances this exporter polls.";
-    SkippedPolls => "redis_session_exporter_skipped_polls", Counter,
-        "Scheduled polls skipped because the previous poll of the same instance was still running.";
-    BuildInfo => "redis_session_exporter_build_info", Gauge,
-        "Always 1; the exporter's version.";
 }

@@ -311,11 +311,11 @@ async fn every_figure_matches_the_clients_opened() {
         n("redis_sessions_by_library")
     );
     assert_eq!(
-        n("redis_session_total_memory_bytes_gcount"),
+        n("redis_session_total_memory_bytes_count"),
         map(&[("", 12.0)])
     );
-    assert!(n("redis_session_total_memory_bytes_gsum")[""] > 12.0 * 1000.0);
-    assert_eq!(n("redis_session_idle_seconds_gcount"), map(&[("", 12.0)]));
+    assert!(n("redis_session_total_memory_bytes_sum")[""] > 12.0 * 1000.0);
+    assert_eq!(n("redis_session_idle_seconds_count"), map(&[("", 12.0)]));
 
     // The exporter's connection is there, named, and reused across polls (one connection).
     let list = r.admin(&["CLIENT", "LIST"]);
@@ -692,8 +692,8 @@ async fn from_redis_round_trip_das_path_agrees_with_direct() {
         "redis_sessions_by_client_name",
         "redis_sessions_subscriptions",
         "redis_sessions_in_transaction",
-        "redis_session_idle_seconds_gcount",
-        "redis_session_query_buffer_bytes_gcount",
+        "redis_session_idle_seconds_count",
+        "redis_session_query_buffer_bytes_count",
     ];
     let text = scrape_until((&exporter_proc, exporter), "both paths to agree", |t| {
         by_labels(t, "redis_sessions", "r-direct")

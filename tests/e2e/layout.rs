@@ -15,6 +15,7 @@ type Graph = BTreeMap<String, BTreeSet<String>>;
 const LAYERS: &[&str] = &[
     "config",
     "clock",
+    "metrics",
     "acs",
     "credentials",
     "sticky",
@@ -25,8 +26,8 @@ const LAYERS: &[&str] = &[
     "direct",
     "discovery",
     "fleet",
-    "exposition",
     "store",
+    "exposition",
     "scheduler",
     "server",
     "daemon",

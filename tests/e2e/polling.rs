@@ -241,11 +241,11 @@ async fn figures_match_the_simulator_and_pass_the_official_tools() {
         assert_eq!(b("redis_session_age_seconds", "3600"), e["age_le_3600"]);
         assert_eq!(b("redis_session_output_buffer_bytes", "0"), e["omem_le_0"]);
         assert_eq!(
-            get_value(&text, &s("redis_session_idle_seconds_gcount")),
+            get_value(&text, &s("redis_session_idle_seconds_count")),
             e["count"]
         );
         assert_eq!(
-            get_value(&text, &s("redis_session_idle_seconds_gsum")),
+            get_value(&text, &s("redis_session_idle_seconds_sum")),
             e["idle_sum"]
         );
 
@@ -300,7 +300,7 @@ async fn figures_match_the_simulator_and_pass_the_official_tools() {
         "redis_sessions_reported",
         "redis_sessions_in_transaction",
         "redis_session_query_buffer_max_bytes",
-        "redis_session_idle_seconds_gcount",
+        "redis_session_idle_seconds_count",
         "redis_sessions_query_buffer_free_bytes",
     ] {
         assert_eq!(
@@ -372,7 +372,7 @@ async fn figures_match_the_simulator_and_pass_the_official_tools() {
         let mut v: Vec<String> = samples(t)
             .into_iter()
             .filter(|(k, _)| !k.contains("poll_duration"))
-            .map(|(k, v)| format!("{k} {v}"))
+            .map(|(k, v)| format!("{} {v}", canonical(&k)))
             .collect();
         v.sort();
         v

@@ -387,9 +387,23 @@ scrape_configs:
         "{targets:?}"
     );
 
-    // OpenMetrics was negotiated: only in OpenMetrics is a gauge histogram a type of its own (the
-    // classic text format has to announce it as `histogram`), and Prometheus keeps the type the
-    // target announced.
+    // OpenMetrics was negotiated: only in OpenMetrics is build info a type of its own (`info`,
+    // family `redis_session_exporter_build`; the classic text announces a gauge named
+    // `…_build_info`), and Prometheus keeps the type the target announced.
+    let meta = prom
+        .api(
+            "/api/v1/targets/metadata",
+            &[
+                ("match_target", &format!("{{instance=\"{exp_addr}\"}}")),
+                ("metric", "redis_session_exporter_build"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        meta["data"][0]["type"], "info",
+        "OpenMetrics not negotiated: {meta}"
+    );
+    // The session distributions are histograms in either format.
     let meta = prom
         .api(
             "/api/v1/targets/metadata",
@@ -399,10 +413,7 @@ scrape_configs:
             ],
         )
         .await;
-    assert_eq!(
-        meta["data"][0]["type"], "gaugehistogram",
-        "OpenMetrics not negotiated: {meta}"
-    );
+    assert_eq!(meta["data"][0]["type"], "histogram", "{meta}");
 
     // Every shipped rule is loaded and evaluates without error.
     let mut expected_rules: Vec<String> = rule_names(&recording);

@@ -336,6 +336,48 @@ pub fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// `series` (`name{a="x",…}`) with its labels sorted by name and `le` written as a number, so
+/// the same series reads the same in either format (label order and `le` spelling are the
+/// encoder's choice: OpenMetrics writes `le="60.0"`, the classic text `le="60"`).
+pub fn canonical(series: &str) -> String {
+    let Some((name, rest)) = series.split_once('{') else {
+        return series.to_owned();
+    };
+    let mut labels: Vec<(String, String)> = Vec::new();
+    let mut chars = rest.chars();
+    let mut key = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '=' => {
+                chars.next(); // the opening quote
+                let mut raw = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            raw.push(c);
+                            raw.extend(chars.next());
+                        }
+                        '"' => break,
+                        c => raw.push(c),
+                    }
+                }
+                if key == "le" && raw != "+Inf" {
+                    raw = raw.parse::<f64>().map_or(raw, |v| format!("{v:?}"));
+                }
+                labels.push((std::mem::take(&mut key), raw));
+            }
+            ',' | '}' => {}
+            c => key.push(c),
+        }
+    }
+    labels.sort();
+    let labels: Vec<String> = labels
+        .into_iter()
+        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .collect();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
 /// The value of the one series whose text is exactly `series`, if present.
 pub fn value(text: &str, series: &str) -> Option<f64> {
     samples(text).get(series).copied()
