@@ -47,7 +47,7 @@ impl DasClient {
                 |r| decode(&r.body, r.retry_after, limits),
             )
             .await?;
-        check_complete(snap)
+        Ok(snap)
     }
 }
 
@@ -84,7 +84,7 @@ pub fn classify(
     if !status.is_success() {
         return Err(acs::classify_failure(status, retry_after, body).into());
     }
-    check_complete(decode(body, retry_after, limits)?)
+    Ok(decode(body, retry_after, limits)?)
 }
 
 /// Decodes a successful answer; an error `Code` inside it is classified like an error answer's.
@@ -101,29 +101,6 @@ fn decode(
         },
         wire::DecodeError::Invalid(m) => acs::Error::InvalidResponse(m),
     })
-}
-
-/// The `code` of an answer whose `Data.Total` promises more sessions than it lists.
-pub const INCOMPLETE_RESPONSE: &str = "incomplete_response";
-
-/// Refuses an answer that lists fewer sessions than its own `Data.Total`.
-///
-/// Every breakdown (by command, client, source, node) would silently undercount, and an
-/// exporter that serves wrong figures as if they were right is worse than one that says it
-/// cannot see: so the poll fails with its own code (not retried: the next round asks again),
-/// and the instance shows `up 0` until a complete answer arrives. Fewer reported than listed
-/// is harmless (the listed sessions are what is counted) and accepted.
-fn check_complete(snap: Snapshot) -> Result<Snapshot, PollError> {
-    if snap.reported_total > snap.sessions {
-        return Err(PollError::Other {
-            code: INCOMPLETE_RESPONSE,
-            message: format!(
-                "Data.Total is {} but only {} sessions were listed",
-                snap.reported_total, snap.sessions
-            ),
-        });
-    }
-    Ok(snap)
 }
 
 #[cfg(test)]
@@ -184,20 +161,22 @@ mod tests {
     }
 
     #[test]
-    fn incomplete_answers_are_refused_with_their_own_code() {
+    fn a_short_listing_is_data_with_the_reported_total_kept() {
+        // Sessions come and go between the count and the listing: fewer listed than
+        // `Data.Total` is still a successful poll, counting what was listed.
         let short = br#"{"Code":200,"Data":{"Total":3,"Sessions":[{"Cmd":"get"},{"Cmd":"get"}]}}"#;
-        let e = classify(StatusCode::OK, None, short, &limits()).unwrap_err();
-        assert_eq!(e.code(), INCOMPLETE_RESPONSE);
-        assert!(!e.is_transient());
-        assert!(e.to_string().contains("Total is 3 but only 2"), "{e}");
+        let s = classify(StatusCode::OK, None, short, &limits()).unwrap();
+        assert_eq!((s.sessions, s.reported_total), (2, 3));
         // More listed than reported, or no Total at all: the listed sessions are the truth.
-        for body in [
-            &br#"{"Code":200,"Data":{"Total":1,"Sessions":[{"Cmd":"get"},{"Cmd":"get"}]}}"#[..],
-            br#"{"Code":200,"Data":{"Sessions":[{"Cmd":"get"}]}}"#,
-            br#"{"Code":200,"Data":{"Total":2,"Sessions":[{"Cmd":"get"},{"Cmd":"get"}]}}"#,
+        for (body, reported) in [
+            (
+                &br#"{"Code":200,"Data":{"Total":1,"Sessions":[{"Cmd":"get"},{"Cmd":"get"}]}}"#[..],
+                1,
+            ),
+            (br#"{"Code":200,"Data":{"Sessions":[{"Cmd":"get"}]}}"#, 1),
         ] {
             let s = classify(StatusCode::OK, None, body, &limits()).unwrap();
-            assert!(s.sessions >= 1);
+            assert_eq!(s.reported_total, reported);
         }
     }
 

@@ -137,12 +137,51 @@ const CASES: &[Case] = &[
         fault: r#"{ kind = "oversized", bytes = 2000000, chunked = true }"#,
         code: "invalid_response",
     },
-    Case {
-        id: "r-total",
-        fault: r#"{ kind = "total_mismatch", extra = 5 }"#,
-        code: "incomplete_response",
-    },
 ];
+
+/// An answer that lists fewer sessions than its `Data.Total` (sessions came and went between
+/// the count and the listing) is data, not a failure: the poll succeeds, every breakdown counts
+/// the sessions listed, the reported total stays `Data.Total`, and the difference shows as
+/// `redis_sessions_unlisted` (0 for a complete listing next to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_listing_is_data_with_the_difference_unlisted() {
+    let (_sim, sim) = start_simulator(
+        "sessions = 25\n[instances.r-short]\nfault = { kind = \"total_mismatch\", extra = 7 }\n",
+    );
+    let (_exporter, addr) = start_exporter(&exporter_config(sim, "", &["r-short", "r-full"]), &[]);
+    let text = wait_until("two polls of each", Duration::from_secs(20), || async {
+        let text = scrape_text(addr).await;
+        ["r-short", "r-full"]
+            .iter()
+            .all(|id| polls(&text, id) >= 2.0)
+            .then_some(text)
+    })
+    .await;
+    let one = |name: &str, id: &str| value(&text, &format!("{name}{{instance_id=\"{id}\"}}"));
+    for (id, unlisted) in [("r-short", 7.0), ("r-full", 0.0)] {
+        assert_eq!(up(&text, id), Some(1.0), "{id}: up");
+        assert!(
+            error_codes(&text, id).is_empty(),
+            "{id}: {:?}",
+            error_codes(&text, id)
+        );
+        assert_eq!(
+            one("redis_sessions_reported", id),
+            Some(25.0 + unlisted),
+            "{id}"
+        );
+        assert_eq!(one("redis_sessions_unlisted", id), Some(unlisted), "{id}");
+        for family in [
+            "redis_sessions",
+            "redis_sessions_by_source",
+            "redis_sessions_by_command",
+            "redis_sessions_by_client_name",
+        ] {
+            let listed: f64 = series_of(&text, family, id).values().sum();
+            assert_eq!(listed, 25.0, "{id}: {family} counts the sessions listed");
+        }
+    }
+}
 
 const HEALTHY: &[&str] = &["r-healthy-a", "r-healthy-b", "r-healthy-c"];
 

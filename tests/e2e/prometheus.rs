@@ -39,6 +39,9 @@ sessions = 1200
 fault = { kind = "throttling_user" }
 [instances.r-prom-denied]
 fault = { kind = "no_permission" }
+[instances.r-prom-short]
+sessions = 300
+fault = { kind = "total_mismatch", extra = 100 }
 "#;
 
 /// Four DAS instances, one direct instance (a real redis-server with one client) for the
@@ -62,6 +65,8 @@ id = "r-prom-ok"
 id = "r-prom-big"
 [[instances]]
 id = "r-prom-throttled"
+[[instances]]
+id = "r-prom-short"
 [[instances]]
 id = "r-prom-denied"
 labels = {{ team = "payments", env = "prod" }}
@@ -476,6 +481,8 @@ scrape_configs:
                     format!("RedisSessionApiThrottled {exp_addr}"),
                     "RedisSessionInstancePollFailing r-prom-denied".to_owned(),
                     "RedisSessionInstancePollFailing r-prom-throttled".to_owned(),
+                    // 100 of 400 reported sessions not listed.
+                    "RedisSessionListingIncomplete r-prom-short".to_owned(),
                     format!("RedisSessionExporterDown {dead}"),
                 ];
                 want.iter().all(|w| firing.contains(w)).then_some(firing)
@@ -486,10 +493,16 @@ scrape_configs:
     // Instances polled fine do not raise the polling alert. (They may raise session alerts: the
     // simulator's data includes slow consumers with output buffers over 16 MiB, so
     // RedisSessionOutputBuffersGrowing firing for them is right.)
-    for healthy in ["r-prom-ok", "r-prom-big"] {
+    for healthy in ["r-prom-ok", "r-prom-big", "r-prom-short"] {
         assert!(
             !firing.contains(&format!("RedisSessionInstancePollFailing {healthy}")),
             "{healthy} polled fine but alerts; firing: {firing:?}"
+        );
+    }
+    for complete in ["r-prom-ok", "r-prom-big"] {
+        assert!(
+            !firing.contains(&format!("RedisSessionListingIncomplete {complete}")),
+            "{complete} lists every session but alerts; firing: {firing:?}"
         );
     }
     // The alert carries the labels and annotations on-call needs.
