@@ -518,3 +518,81 @@ async fn an_invalid_web_config_stops_the_start_with_the_key_named() {
     assert_eq!(code.code(), Some(1));
     assert!(p.output().contains("nope.yml"), "{}", p.output());
 }
+
+/// Issue 13: 100 concurrent wrong passwords while the configured scraper keeps scraping. The
+/// scraper's verdict is cached apart from failures, so it is served from the cache throughout;
+/// the guesses find at most one bcrypt slot per core, and those that find none are answered
+/// 429 at once. No guess is ever let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_guessing_flood_does_not_lock_out_the_scraper() {
+    const GUESSES: usize = 100;
+    const WAVES: usize = 5;
+    // Cost 8: each guess holds its slot for tens of milliseconds (more in a debug build), so
+    // a hundred guesses sent at once overlap.
+    let web = format!(
+        "basic_auth_users:\n  prometheus: '{}'\n",
+        bcrypt::hash("right horse", 8).unwrap()
+    );
+    let (exp, addr) = start(&[("web.yml", &web)]);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let call = |password: String| {
+        let c = client.clone();
+        async move {
+            c.get(format!("http://{addr}/metrics"))
+                .basic_auth("prometheus", Some(password))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    // The first right answer pays bcrypt once; every later one is a cache hit.
+    assert_eq!(call("right horse".into()).await.unwrap(), 200);
+
+    let mut guesses: Vec<u16> = Vec::new();
+    let mut scrapes: Vec<u16> = Vec::new();
+    for wave in 0..WAVES {
+        let flood: Vec<_> = (0..GUESSES)
+            .map(|i| tokio::spawn(call(format!("guess {wave}-{i}"))))
+            .collect();
+        // Scrape as the real user for as long as the wave lasts.
+        loop {
+            scrapes.push(call("right horse".into()).await.unwrap());
+            if flood.iter().all(|h| h.is_finished()) {
+                break;
+            }
+        }
+        for h in flood {
+            guesses.push(h.await.unwrap().expect("a guess answered"));
+        }
+        if guesses.contains(&429) {
+            break;
+        }
+    }
+    let count = |v: &[u16], s: u16| v.iter().filter(|&&x| x == s).count();
+    println!(
+        "basic_auth_flood: {} guesses ({} answered 401, {} answered 429), {} scrapes, all 200: {}",
+        guesses.len(),
+        count(&guesses, 401),
+        count(&guesses, 429),
+        scrapes.len(),
+        count(&scrapes, 200) == scrapes.len()
+    );
+    assert!(
+        scrapes.iter().all(|&s| s == 200),
+        "the configured user was refused during the flood: {scrapes:?}"
+    );
+    assert!(
+        guesses.iter().all(|&s| s == 401 || s == 429),
+        "a guess got through: {guesses:?}"
+    );
+    assert!(
+        guesses.contains(&429),
+        "{WAVES} waves of {GUESSES} guesses never found every bcrypt slot busy"
+    );
+    assert!(guesses.contains(&401), "no guess was ever verified");
+    assert!(!exp.output().contains("right horse"));
+}

@@ -1,7 +1,14 @@
 //! HTTP basic auth for every route: bcrypt hashes from `basic_auth_users`, verdicts cached by a
 //! digest so a scrape every few seconds pays the hash once.
+//!
+//! Bcrypt is slow by design, which makes every new wrong password a unit of work an attacker
+//! chooses. Two rules keep a flood of guesses from starving the real scraper (and gzip, DNS, and
+//! anything else on the blocking pool): at most one verification per CPU core runs at a time,
+//! and a request that finds them all busy is answered `429` at once rather than queued; and
+//! verdicts that passed are cached apart from failures, so no number of failures can evict the
+//! configured user's, who keeps being served from the cache during the flood.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -12,17 +19,43 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 use super::{key_err, WebConfigError};
 
-/// How many (user, password) verdicts are remembered; the cache is emptied when full, so a
-/// flood of wrong passwords cannot grow it.
-const VERDICT_CACHE: usize = 1024;
+/// How many failed (user, password) pairs are remembered, so a scraper misconfigured with a
+/// wrong password pays bcrypt once, not at every scrape. The set is emptied when full: a flood
+/// of guesses cannot grow it, and it holds no success to lose.
+const FAILURE_CACHE: usize = 1024;
+
+/// How many passing pairs are remembered. Only someone who knows a password can add one (bcrypt
+/// reads 72 bytes, so a password that long has variants), so this bound is never reached in
+/// practice; past it, a passing pair is verified again rather than cached.
+const SUCCESS_CACHE: usize = 64;
+
+/// What a check of one request's credentials found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// Every bcrypt slot was busy: try again later (`429`).
+    Busy,
+}
 
 /// `basic_auth_users`: bcrypt hashes, and the verdicts already paid for.
 pub struct BasicAuth {
     pub(super) users: Vec<(String, String)>,
-    verdicts: Mutex<HashMap<[u8; 32], bool>>,
+    verdicts: Mutex<Verdicts>,
+    /// One permit per bcrypt verification allowed to run at once.
+    bcrypt_slots: Arc<Semaphore>,
+    failure_capacity: usize,
+}
+
+/// Digests of (user, password) pairs, kept in two sets so failures never evict a success.
+#[derive(Debug, Default)]
+struct Verdicts {
+    passed: HashSet<[u8; 32]>,
+    failed: HashSet<[u8; 32]>,
 }
 
 impl fmt::Debug for BasicAuth {
@@ -35,6 +68,15 @@ impl fmt::Debug for BasicAuth {
 
 impl BasicAuth {
     pub(super) fn new(users: BTreeMap<String, String>) -> Result<Self, WebConfigError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_limits(users, cores, FAILURE_CACHE)
+    }
+
+    fn with_limits(
+        users: BTreeMap<String, String>,
+        bcrypt_slots: usize,
+        failure_capacity: usize,
+    ) -> Result<Self, WebConfigError> {
         for (user, hash) in &users {
             // Never echo the hash: it is a secret too (an offline guessing target).
             if hash.parse::<bcrypt::HashParts>().is_err() {
@@ -46,18 +88,29 @@ impl BasicAuth {
         }
         Ok(Self {
             users: users.into_iter().collect(),
-            verdicts: Mutex::new(HashMap::new()),
+            verdicts: Mutex::default(),
+            bcrypt_slots: Arc::new(Semaphore::new(bcrypt_slots)),
+            failure_capacity,
         })
     }
 
-    /// True when `password` is `user`'s. Constant time in what an attacker learns: the user
-    /// list is scanned whole, an unknown user still pays a bcrypt verification, and bcrypt
-    /// compares in constant time; the cache is keyed by a digest, never the password.
-    pub async fn verify(&self, user: &str, password: &str) -> bool {
+    /// Whether `password` is `user`'s. Constant time in what an attacker learns: the user list
+    /// is scanned whole, an unknown user still pays a bcrypt verification, and bcrypt compares
+    /// in constant time; the caches are keyed by a digest, never the password.
+    pub async fn verify(&self, user: &str, password: &str) -> Verdict {
         let key = cache_key(user, password);
-        if let Some(v) = self.lock().get(&key) {
-            return *v;
+        {
+            let v = self.lock();
+            if v.passed.contains(&key) {
+                return Verdict::Allowed;
+            }
+            if v.failed.contains(&key) {
+                return Verdict::Denied;
+            }
         }
+        let Ok(permit) = self.bcrypt_slots.clone().try_acquire_owned() else {
+            return Verdict::Busy;
+        };
 
         let mut found: Option<&str> = None;
         for (u, hash) in &self.users {
@@ -68,22 +121,33 @@ impl BasicAuth {
         let known = found.is_some();
         let hash = found.unwrap_or(&self.users[0].1).to_owned();
         let password = password.to_owned();
-        // Bcrypt takes tens of milliseconds by design: keep it off the async workers.
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false)
+        // Off the async workers; the permit goes with the work, so a client that hangs up
+        // does not free its slot before bcrypt is done.
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            bcrypt::verify(password, &hash)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false)
             && known;
-        let mut cache = self.lock();
-        if cache.len() >= VERDICT_CACHE {
-            cache.clear();
+        let mut v = self.lock();
+        if ok {
+            if v.passed.len() < SUCCESS_CACHE {
+                v.passed.insert(key);
+            }
+            Verdict::Allowed
+        } else {
+            if v.failed.len() >= self.failure_capacity {
+                v.failed.clear();
+            }
+            v.failed.insert(key);
+            Verdict::Denied
         }
-        cache.insert(key, ok);
-        ok
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], bool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Verdicts> {
         self.verdicts.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -118,12 +182,23 @@ pub(super) async fn require_basic_auth(
     req: Request,
     next: Next,
 ) -> Response {
-    let ok = match basic_credentials(&req) {
+    let verdict = match basic_credentials(&req) {
         Some((u, p)) => auth.verify(&u, &p).await,
-        None => false,
+        None => Verdict::Denied,
     };
-    if ok {
-        return next.run(req).await;
+    match verdict {
+        Verdict::Allowed => return next.run(req).await,
+        Verdict::Busy => {
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests: every password check is busy\n",
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+        Verdict::Denied => {}
     }
     let mut r = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
     r.headers_mut().insert(
@@ -165,38 +240,101 @@ mod tests {
         assert_eq!(basic_credentials(&request(None)), None);
     }
 
-    #[tokio::test]
-    async fn verdicts_are_right_and_cached() {
-        let mut users = BTreeMap::new();
-        users.insert("alice".to_owned(), bcrypt::hash("s3cret", 4).unwrap());
-        users.insert("bob".to_owned(), bcrypt::hash("other", 4).unwrap());
-        let auth = BasicAuth::new(users).unwrap();
-        assert!(auth.verify("alice", "s3cret").await);
-        assert!(auth.verify("bob", "other").await);
-        assert!(!auth.verify("alice", "other").await, "bob's password");
-        assert!(!auth.verify("carol", "s3cret").await, "unknown user");
-        assert!(!auth.verify("alice", "").await);
-        // ("ali", "ces3cret") must not collide with ("alice", "s3cret") in the cache.
-        assert!(!auth.verify("ali", "ces3cret").await);
-        assert_eq!(auth.lock().len(), 6);
-        // A cached verdict is what the next call returns: poison alice's to prove it is used.
-        assert_eq!(auth.lock().get(&cache_key("alice", "s3cret")), Some(&true));
-        auth.lock().insert(cache_key("alice", "s3cret"), false);
-        assert!(!auth.verify("alice", "s3cret").await);
-        assert!(auth.verify("bob", "other").await);
+    fn users(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(u, p)| (u.to_string(), bcrypt::hash(p, 4).unwrap()))
+            .collect()
     }
 
     #[tokio::test]
-    async fn the_cache_stays_bounded() {
-        let mut users = BTreeMap::new();
-        users.insert("u".to_owned(), bcrypt::hash("p", 4).unwrap());
-        let auth = BasicAuth::new(users).unwrap();
-        for i in 0..(VERDICT_CACHE + 10) {
-            auth.lock()
-                .insert(Sha256::digest(i.to_le_bytes()).into(), false);
-            assert!(auth.lock().len() <= VERDICT_CACHE + 10);
+    async fn verdicts_are_right_and_cached() {
+        let auth = BasicAuth::new(users(&[("alice", "s3cret"), ("bob", "other")])).unwrap();
+        assert_eq!(auth.verify("alice", "s3cret").await, Verdict::Allowed);
+        assert_eq!(auth.verify("bob", "other").await, Verdict::Allowed);
+        assert_eq!(
+            auth.verify("alice", "other").await,
+            Verdict::Denied,
+            "bob's password"
+        );
+        assert_eq!(
+            auth.verify("carol", "s3cret").await,
+            Verdict::Denied,
+            "unknown user"
+        );
+        assert_eq!(auth.verify("alice", "").await, Verdict::Denied);
+        // ("ali", "ces3cret") must not collide with ("alice", "s3cret") in the cache.
+        assert_eq!(auth.verify("ali", "ces3cret").await, Verdict::Denied);
+        let held = {
+            let v = auth.lock();
+            (v.passed.len(), v.failed.len())
+        };
+        assert_eq!(held, (2, 4), "(passed, failed) cached");
+        // A cached verdict is what the next call returns: poison alice's to prove it is used.
+        let alice = cache_key("alice", "s3cret");
+        assert!(auth.lock().passed.remove(&alice));
+        auth.lock().failed.insert(alice);
+        assert_eq!(auth.verify("alice", "s3cret").await, Verdict::Denied);
+        assert_eq!(auth.verify("bob", "other").await, Verdict::Allowed);
+    }
+
+    #[tokio::test]
+    async fn failures_stay_bounded_and_never_evict_a_success() {
+        const CAPACITY: usize = 8;
+        let auth = BasicAuth::with_limits(users(&[("u", "p")]), 2, CAPACITY).unwrap();
+        assert_eq!(auth.verify("u", "p").await, Verdict::Allowed);
+        for i in 0..3 * CAPACITY {
+            assert_eq!(
+                auth.verify("u", &format!("guess-{i}")).await,
+                Verdict::Denied
+            );
+            let v = auth.lock();
+            assert!(
+                (1..=CAPACITY).contains(&v.failed.len()),
+                "{} failures held after {} guesses",
+                v.failed.len(),
+                i + 1
+            );
+            assert!(
+                v.passed.contains(&cache_key("u", "p")),
+                "guess {i} evicted the success"
+            );
         }
-        assert!(auth.verify("u", "p").await);
-        assert!(auth.lock().len() <= VERDICT_CACHE);
+        // Served from the cache: with every bcrypt slot taken, the right password still passes.
+        let _all = auth
+            .bcrypt_slots
+            .clone()
+            .acquire_many_owned(2)
+            .await
+            .unwrap();
+        assert_eq!(auth.verify("u", "p").await, Verdict::Allowed);
+    }
+
+    #[tokio::test]
+    async fn a_check_that_finds_every_bcrypt_slot_busy_is_refused_at_once() {
+        let auth = BasicAuth::with_limits(users(&[("u", "p")]), 2, FAILURE_CACHE).unwrap();
+        let held = auth
+            .bcrypt_slots
+            .clone()
+            .acquire_many_owned(2)
+            .await
+            .unwrap();
+        // Neither verified nor cached: the right password too, since it is not cached yet.
+        assert_eq!(auth.verify("u", "wrong").await, Verdict::Busy);
+        assert_eq!(auth.verify("u", "p").await, Verdict::Busy);
+        {
+            let v = auth.lock();
+            assert!(v.failed.is_empty() && v.passed.is_empty(), "{v:?}");
+        }
+        drop(held);
+        assert_eq!(auth.verify("u", "wrong").await, Verdict::Denied);
+        assert_eq!(auth.verify("u", "p").await, Verdict::Allowed);
+    }
+
+    #[test]
+    fn one_bcrypt_slot_per_core() {
+        let auth = BasicAuth::new(users(&[("u", "p")])).unwrap();
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(auth.bcrypt_slots.available_permits(), cores);
     }
 }
