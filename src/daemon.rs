@@ -42,15 +42,27 @@ pub async fn run(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    run_with_web(cfg, credentials, reloader, None, shutdown, on_bound).await
+    let metrics = ProcessMetrics::default();
+    run_with_web(
+        cfg,
+        credentials,
+        reloader,
+        None,
+        metrics,
+        shutdown,
+        on_bound,
+    )
+    .await
 }
 
-/// [`run`], serving through `web` (TLS, basic auth) when given.
+/// [`run`], serving through `web` (TLS, basic auth) when given, with the process-wide series in
+/// `metrics` (which the credential provider may already count into).
 pub async fn run_with_web(
     cfg: Config,
     credentials: Arc<dyn CredentialProvider>,
     reloader: Option<Reloader>,
     web: Option<WebConfig>,
+    metrics: ProcessMetrics,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
@@ -59,14 +71,14 @@ pub async fn run_with_web(
     let addr = listener.local_addr()?;
 
     let store = Arc::new(Store::new());
-    let metrics = ProcessMetrics::default();
     // One client for every call to the cloud (DAS and discovery): `[das]` timeout and body cap.
     let acs = acs::Client::new(
         cfg.das.timeout,
         cfg.das.max_body_bytes,
         "das.max_body_bytes",
     )
-    .context("building the HTTP client")?;
+    .context("building the HTTP client")?
+    .counting_into(metrics.clone());
     let inventory = Arc::new(discovery::Shared::new(
         acs.clone(),
         credentials.clone(),

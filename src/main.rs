@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use redis_session_exporter::config::{Config, Overrides};
+use redis_session_exporter::metrics::ProcessMetrics;
 use redis_session_exporter::server::WebConfig;
 use redis_session_exporter::simulator::SimConfig;
 use redis_session_exporter::{credentials, daemon, demo, fleet, simulator, telemetry};
@@ -228,8 +229,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             telemetry::init("info");
+            let metrics = ProcessMetrics::default();
             let creds: Arc<dyn credentials::CredentialProvider> = match credentials::from_config(
                 &cfg.credentials,
+                &metrics,
             ) {
                 Ok(p) => p,
                 Err(e) => {
@@ -250,6 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 creds,
                 Some(reloader),
                 web,
+                metrics,
                 shutdown_on_signal(),
                 |_| {},
             )
