@@ -42,15 +42,17 @@ pub async fn run(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    run_with_web(cfg, credentials, reloader, None, shutdown, on_bound).await
+    run_with_web(cfg, credentials, reloader, None, false, shutdown, on_bound).await
 }
 
-/// [`run`], serving through `web` (TLS, basic auth) when given.
+/// [`run`], serving through `web` (TLS, basic auth) when given, and `POST /-/reload` when
+/// `lifecycle` (`--web.enable-lifecycle`); SIGHUP reloads either way.
 pub async fn run_with_web(
     cfg: Config,
     credentials: Arc<dyn CredentialProvider>,
     reloader: Option<Reloader>,
     web: Option<WebConfig>,
+    lifecycle: bool,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
@@ -100,7 +102,11 @@ pub async fn run_with_web(
         .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
     tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total, interval = ?cfg.poll.interval, "serving /metrics");
     let bodies = Arc::new(exposition::body_cache(store.clone(), &metrics));
-    let router = app(AppState::new(store, bodies).with_reload(reload));
+    let mut state = AppState::new(store, bodies);
+    if lifecycle {
+        state = state.with_reload(reload);
+    }
+    let router = app(state);
     server::serve(
         listener,
         router,
