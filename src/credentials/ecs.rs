@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use futures_util::future::BoxFuture;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::oidc::parse_expiration;
 use super::refresh::Fetch;
@@ -97,6 +98,24 @@ pub fn parse_credentials(
     }
 }
 
+/// What a path segment must escape: everything but RFC 3986's unreserved characters (letters,
+/// digits, `-._~`), which stay as written: the metadata service matches the path literally, so
+/// `redis-session-exporter` requested as `redis%2Dsession%2Dexporter` would be an unknown role.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `role` as one path segment. A name of dots only (`.`, `..`) would be read as a dot segment
+/// and climb out of the credentials directory, so its dots are escaped.
+fn path_segment(role: &str) -> String {
+    if role.bytes().all(|b| b == b'.') {
+        return role.replace('.', "%2E");
+    }
+    utf8_percent_encode(role, PATH_SEGMENT).to_string()
+}
+
 /// Talks to the metadata service for the provider `name`.
 #[derive(Debug)]
 pub struct EcsFetcher {
@@ -118,6 +137,8 @@ impl EcsFetcher {
             .no_proxy()
             .connect_timeout(TIMEOUT)
             .timeout(TIMEOUT)
+            // The credentials never go anywhere but the link-local service: a 3xx is a failure.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CredentialError::failed(name, format!("HTTP client: {e}")))?;
         Ok(Self {
@@ -196,9 +217,7 @@ impl Fetch for EcsFetcher {
                         })?
                 }
             };
-            let role_path: String =
-                percent_encoding::utf8_percent_encode(&role, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string();
+            let role_path = path_segment(&role);
             let body = self
                 .call(
                     self.http
@@ -229,6 +248,61 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
         assert!(parse_credentials("ecs_ram_role", b"<html>").is_err());
+    }
+
+    #[test]
+    fn role_names_keep_their_unreserved_characters() {
+        for (role, path) in [
+            ("redis-session-exporter", "redis-session-exporter"),
+            ("ops.redis_exporter~2", "ops.redis_exporter~2"),
+            ("EcsRole01", "EcsRole01"),
+            // What a segment cannot hold is escaped.
+            ("a/b c", "a%2Fb%20c"),
+            ("a%2D", "a%252D"),
+            ("r\u{e9}le", "r%C3%A9le"),
+            ("..", "%2E%2E"),
+            (".", "%2E"),
+            ("..a", "..a"),
+        ] {
+            assert_eq!(path_segment(role), path, "{role}");
+        }
+    }
+
+    /// A listener on a loopback port answering `response` to every request; counts requests.
+    async fn serve(response: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(response.as_bytes()).await;
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn redirects_are_refused_and_never_followed() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ntoken".to_owned();
+        let (elsewhere, followed) = serve(ok).await;
+        let (endpoint, asked) = serve(format!(
+            "HTTP/1.1 302 Found\r\nlocation: {elsewhere}/latest/api/token\r\ncontent-length: 0\r\n\r\n"
+        ))
+        .await;
+        let f = EcsFetcher::new("ecs_ram_role", &endpoint, Some("r".into())).unwrap();
+        let e = f.fetch().await.unwrap_err();
+        assert!(e.to_string().contains("HTTP 302"), "{e}");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            followed.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "redirect followed"
+        );
     }
 
     #[test]

@@ -280,6 +280,49 @@ async fn ecs_ram_role_through_imdsv2_refreshes_before_expiry() {
     check_config_clean(&cfg, &env, &[], &secrets);
 }
 
+/// Role names reach the metadata service as written (RFC 3986 unreserved characters `-._~`
+/// are not escaped), whether named in the environment or discovered from the role listing,
+/// against a stand-in that matches paths byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecs_role_names_reach_the_metadata_service_as_written() {
+    for (role, named) in [
+        ("redis-session-exporter", true),
+        ("ops.redis_exporter-2", true),
+        ("team_a.redis-exporter", false),
+    ] {
+        // A simulator each: every fake numbers its keys from 0.
+        let (_sim, sim) = start_simulator(SIM);
+        let (meta, ms) = start_metadata(MetaState {
+            role: role.into(),
+            lifetime: Duration::from_secs(3600),
+            sim: Some(sim),
+            ..Default::default()
+        })
+        .await;
+        let home = tempfile::tempdir().unwrap();
+        let cfg = config(
+            sim,
+            &format!("provider = \"ecs_ram_role\"\necs_metadata_endpoint = \"http://{meta}\""),
+        );
+        let mut env = vec![
+            ("HOME", home.path().to_str().unwrap()),
+            ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "false"),
+        ];
+        if named {
+            env.push(("ALIBABA_CLOUD_ECS_METADATA", role));
+        }
+        let (_p, addr) = start(&cfg, &env, &[]);
+        wait_polls(addr, 1.0).await;
+        let s = ms.lock().unwrap();
+        assert_eq!(
+            s.credential_paths,
+            vec![format!("/latest/meta-data/ram/security-credentials/{role}")],
+            "{role}"
+        );
+        assert_eq!(s.role_listings, usize::from(!named), "{role}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecs_metadata_disabled_is_honoured_and_counted() {
     let (_sim, sim) = start_simulator(SIM);

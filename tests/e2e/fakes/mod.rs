@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -253,6 +253,8 @@ pub struct MetaState {
     /// Requests refused for a missing or unknown session token, or a missing TTL header.
     pub unauthorized: usize,
     pub role_listings: usize,
+    /// Raw paths of the credential requests, as they arrived.
+    pub credential_paths: Vec<String>,
     pub issued: Vec<Issued>,
 }
 
@@ -264,10 +266,9 @@ pub async fn start_metadata(state: MetaState) -> (SocketAddr, Shared<MetaState>)
             "/latest/meta-data/ram/security-credentials/",
             get(meta_roles),
         )
-        .route(
-            "/latest/meta-data/ram/security-credentials/{role}",
-            get(meta_creds),
-        )
+        // Matched on the raw path, byte for byte, as the real service does: a role name
+        // requested with escapes it does not need (`%2D` for `-`) is a different, unknown role.
+        .fallback(get(meta_creds))
         .with_state(st.clone());
     (serve(app).await, st)
 }
@@ -309,17 +310,14 @@ async fn meta_roles(State(st): State<Shared<MetaState>>, headers: HeaderMap) -> 
     s.role.clone().into_response()
 }
 
-async fn meta_creds(
-    State(st): State<Shared<MetaState>>,
-    Path(role): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn meta_creds(State(st): State<Shared<MetaState>>, uri: Uri, headers: HeaderMap) -> Response {
     let (sim, n, lifetime) = {
         let mut s = st.lock().unwrap();
         if !authorized(&mut s, &headers) {
             return StatusCode::UNAUTHORIZED.into_response();
         }
-        if role != s.role {
+        s.credential_paths.push(uri.path().to_owned());
+        if uri.path() != format!("/latest/meta-data/ram/security-credentials/{}", s.role) {
             return StatusCode::NOT_FOUND.into_response();
         }
         (s.sim.unwrap(), s.issued.len(), s.lifetime)
