@@ -45,24 +45,26 @@ pub async fn run(
     let metrics = ProcessMetrics::default();
     run_with_web(
         cfg,
-        credentials,
+        (credentials, metrics),
         reloader,
         None,
-        metrics,
+        false,
         shutdown,
         on_bound,
     )
     .await
 }
 
-/// [`run`], serving through `web` (TLS, basic auth) when given, with the process-wide series in
-/// `metrics` (which the credential provider may already count into).
+/// [`run`], serving through `web` (TLS, basic auth) when given, and `POST /-/reload` when
+/// `lifecycle` (`--web.enable-lifecycle`); SIGHUP reloads either way. The process-wide series
+/// live in the `metrics` that come with the credential provider (which may already count its
+/// requests into them).
 pub async fn run_with_web(
     cfg: Config,
-    credentials: Arc<dyn CredentialProvider>,
+    (credentials, metrics): (Arc<dyn CredentialProvider>, ProcessMetrics),
     reloader: Option<Reloader>,
     web: Option<WebConfig>,
-    metrics: ProcessMetrics,
+    lifecycle: bool,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
@@ -112,7 +114,11 @@ pub async fn run_with_web(
         .map_or((false, false), |w| (w.is_tls(), w.has_basic_auth()));
     tracing::info!(%addr, tls, basic_auth, instances = cfg.instances.len(), discovery_blocks = cfg.discovery.len(), shard = cfg.sharding.shard, total_shards = cfg.sharding.total, interval = ?cfg.poll.interval, "serving /metrics");
     let bodies = Arc::new(exposition::body_cache(store.clone(), &metrics));
-    let router = app(AppState::new(store, bodies).with_reload(reload));
+    let mut state = AppState::new(store, bodies);
+    if lifecycle {
+        state = state.with_reload(reload);
+    }
+    let router = app(state);
     server::serve(
         listener,
         router,

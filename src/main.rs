@@ -28,6 +28,10 @@ struct Cli {
     /// TLS and basic auth for the HTTP endpoint, in the Prometheus exporter-toolkit format (YAML).
     #[arg(long = "web.config.file", global = true, value_name = "FILE")]
     web_config_file: Option<PathBuf>,
+    /// Serve `POST /-/reload` (as Prometheus's flag of that name); without it the route answers
+    /// 403. SIGHUP reloads either way.
+    #[arg(long = "web.enable-lifecycle", global = true)]
+    web_enable_lifecycle: bool,
     /// This replica's shard, from 0 (overrides `[sharding] shard`).
     #[arg(
         long,
@@ -250,10 +254,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             daemon::run_with_web(
                 cfg,
-                creds,
+                (creds, metrics),
                 Some(reloader),
                 web,
-                metrics,
+                cli.web_enable_lifecycle,
                 shutdown_on_signal(),
                 |_| {},
             )

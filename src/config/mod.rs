@@ -287,6 +287,10 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
+        // Syntax first, with our own message: figment's quotes the offending source line.
+        if let Err(e) = toml_text.parse::<toml::Table>() {
+            return Err(ConfigError::Invalid(vec![syntax_error(toml_text, &e)]));
+        }
         let mut fig = Figment::new().merge(Toml::string(toml_text));
         for (k, v) in &env {
             let key = k[ENV_PREFIX.len()..]
@@ -306,7 +310,7 @@ impl Config {
         if let Some(m) = overrides.total_shards {
             fig = fig.merge(("sharding.total_shards", m));
         }
-        let cfg: Config = fig.extract().map_err(figment_errors)?;
+        let cfg: Config = fig.extract().map_err(|e| figment_errors(e, &env))?;
         cfg.validate().map_err(ConfigError::Invalid)?;
         Ok(cfg)
     }
@@ -479,7 +483,12 @@ fn key_of(path: &[String]) -> String {
 }
 
 /// Turns figment's errors into key-named ones (figment prefixes paths with the profile name).
-fn figment_errors(e: figment::Error) -> ConfigError {
+///
+/// The text reaches the log, `check-config` and the reply to a rejected `POST /-/reload`, so it
+/// names the key, the kind of value found and what was expected, and where the value came from;
+/// never the value itself (it may be a secret put under the wrong key) nor figment's own names
+/// for its providers.
+fn figment_errors(e: figment::Error, env: &[(String, String)]) -> ConfigError {
     let errs = e
         .into_iter()
         .map(|e| {
@@ -493,22 +502,97 @@ fn figment_errors(e: figment::Error) -> ConfigError {
                     path.push(field.clone());
                 }
             }
-            let from = e
-                .metadata
-                .as_ref()
-                .map(|m| format!(" (from {})", m.name))
-                .unwrap_or_default();
+            let from = origin(&e, &path, env);
             KeyError {
                 key: if path.is_empty() {
                     "(top level)".into()
                 } else {
                     key_of(&path)
                 },
-                reason: format!("{}{from}", e.kind),
+                reason: format!("{}{from}", describe_kind(&e.kind)),
             }
         })
         .collect();
     ConfigError::Invalid(errs)
+}
+
+/// Where a refused value came from, in the user's words: the file, or the environment variable
+/// that set it (flags are typed by the parser, so they never reach here).
+fn origin(e: &figment::Error, path: &[String], env: &[(String, String)]) -> String {
+    let in_file = e.metadata.as_ref().is_some_and(|m| m.name.contains("TOML"));
+    if in_file {
+        return " (in the file)".into();
+    }
+    let var = format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase());
+    if env.iter().any(|(k, _)| *k == var) {
+        format!(" (from {var})")
+    } else {
+        String::new()
+    }
+}
+
+/// A figment error kind without the value it found.
+fn describe_kind(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => format!(
+            "invalid value: found {}, expected {}",
+            describe_actual(actual),
+            describe_expected(expected)
+        ),
+        Kind::Unsupported(actual) | Kind::UnsupportedKey(actual, _) => {
+            format!("unsupported value: {}", describe_actual(actual))
+        }
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "number out of range".into(),
+        // Custom messages come from the field types' parsers (`invalid socket address
+        // syntax`); one that quotes something may be quoting the value.
+        Kind::Message(m) if !m.contains(['"', '\'', '`']) => m.clone(),
+        Kind::Message(_) => "invalid value".into(),
+        // Field and variant names and lengths are the schema's, not the user's values.
+        other => other.to_string(),
+    }
+}
+
+/// The kind of a value figment found, never the value.
+fn describe_actual(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a number with a fraction",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit | Actual::Option => "an empty value",
+        Actual::Seq => "an array",
+        Actual::Map | Actual::NewtypeStruct | Actual::StructVariant => "a table",
+        _ => "a value of another type",
+    }
+}
+
+/// serde's "expected" text in words an operator reads (`usize` is a Rust type, not a TOML one).
+fn describe_expected(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number, 0 or more".into(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" | "bool" => "true or false".into(),
+        other => other.to_owned(),
+    }
+}
+
+/// A TOML syntax error with its line and column and the parser's reason, without the source
+/// line the parser quotes (it may hold a secret).
+fn syntax_error(text: &str, e: &toml::de::Error) -> KeyError {
+    let at = e.span().map_or(String::new(), |span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!(" at line {line}, column {column}")
+    });
+    KeyError::new(
+        "(top level)",
+        format!("TOML syntax error{at}: {}", e.message().trim_end()),
+    )
 }
 
 #[cfg(test)]
@@ -690,6 +774,54 @@ mod tests {
             &[("REDIS_SESSION_EXPORTER_POLL__INTERVAL", "x")],
         ));
         assert!(text.contains("poll.interval"), "{text}");
+    }
+
+    /// A refusal names the key and the kind of value, never the value (a secret put under the
+    /// wrong key, or on the line a syntax error is on) nor figment's names for its sources.
+    #[test]
+    fn errors_never_quote_the_value() {
+        const S: &str = "Sup3rS3cretValue";
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[credentials]\naccess_key_id = \"Sup3rS3cretValue\n",
+                "(top level)",
+                "TOML syntax error at line 2, column 34",
+            ),
+            ("Sup3rS3cretValue\n", "(top level)", "at line 1, column 17"),
+            (
+                "[poll]\nconcurrency = \"Sup3rS3cretValue\"\n",
+                "poll.concurrency",
+                "found a string, expected a whole number, 0 or more (in the file)",
+            ),
+            (
+                "[poll]\ninterval = \"Sup3rS3cretValue\"\n",
+                "poll.interval",
+                "found a string, expected a duration (in the file)",
+            ),
+            (
+                "[credentials]\naccess_key_id = 1234567890\n",
+                "credentials.access_key_id",
+                "found an integer, expected a string (in the file)",
+            ),
+        ];
+        for (toml, key, reason) in cases {
+            let text = error_text(load(toml));
+            assert!(text.contains(&format!("`{key}`")), "{toml:?}: {text}");
+            assert!(text.contains(reason), "{toml:?}: {text}");
+            for leak in [S, "1234567890", "source string", "figment", "|"] {
+                assert!(!text.contains(leak), "{toml:?} quoted {leak:?}: {text}");
+            }
+        }
+        let text = error_text(load_env(
+            MINIMAL,
+            &[("REDIS_SESSION_EXPORTER_POLL__CONCURRENCY", S)],
+        ));
+        assert!(
+            text.contains("`poll.concurrency`")
+                && text.contains("(from REDIS_SESSION_EXPORTER_POLL__CONCURRENCY)"),
+            "{text}"
+        );
+        assert!(!text.contains(S) && !text.contains("alloc::"), "{text}");
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The /metrics bodies, encoded at most once per change, format and encoding.
     bodies: Arc<BodyCache>,
-    /// Where `POST /-/reload` goes.
+    /// Where `POST /-/reload` goes; `None` unless the lifecycle API is enabled
+    /// (`--web.enable-lifecycle`), and then the route answers 403.
     reload: Option<ReloadHandle>,
 }
 
@@ -76,7 +77,7 @@ impl AppState {
         }
     }
 
-    /// Serves `POST /-/reload` through `handle`.
+    /// Serves `POST /-/reload` through `handle` (the lifecycle API: `--web.enable-lifecycle`).
     pub fn with_reload(mut self, handle: ReloadHandle) -> Self {
         self.reload = Some(handle);
         self
@@ -171,10 +172,16 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
     resp
 }
 
-/// `POST /-/reload`: 200 when the new configuration is in force, 400 with the reason otherwise.
+/// `POST /-/reload`: 200 when the new configuration is in force, 400 with the reason otherwise;
+/// 403 without the lifecycle API, as Prometheus answers, so anyone who can reach the port cannot
+/// make the daemon re-read its files.
 async fn reload(State(st): State<AppState>) -> (StatusCode, String) {
     let Some(handle) = &st.reload else {
-        return (StatusCode::NOT_FOUND, "reload is not available\n".into());
+        return (
+            StatusCode::FORBIDDEN,
+            "lifecycle API is not enabled: start with --web.enable-lifecycle, or send SIGHUP\n"
+                .into(),
+        );
     };
     match handle.reload().await {
         Some(Ok(())) => (StatusCode::OK, "configuration reloaded\n".into()),

@@ -303,8 +303,11 @@ async fn a_reload_restarts_discovery_with_the_new_blocks() {
     let (_sim, sim) = start_simulator(SIM);
     let inv = inventory(60, "");
     put_json(sim, "/_sim/inventory", &Value::Array(inv.clone())).await;
-    let (mut exporter, addr) =
-        start_exporter(&discovery_config(sim, &["cn-hangzhou"], &[], ""), &[]);
+    let (mut exporter, addr) = start_exporter_with(
+        &discovery_config(sim, &["cn-hangzhou"], &[], ""),
+        &[],
+        &[LIFECYCLE],
+    );
     let hangzhou = expected(&inv, &["cn-hangzhou"], &[]);
     wait_until(
         "the first region's set",

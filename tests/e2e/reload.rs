@@ -228,7 +228,7 @@ async fn an_invalid_reload_is_rejected_and_the_old_configuration_keeps_running()
             .collect();
         config(sim, "1s", &list)
     };
-    let (exp, addr) = start_exporter(&good(&["r-a"]), &[]);
+    let (exp, addr) = start_exporter_with(&good(&["r-a"]), &[], &[LIFECYCLE]);
     let t = wait_polls(addr, "r-a", 1.0).await;
     assert_eq!(value(&t, RELOAD_OK), Some(1.0), "the start-up load counts");
     let ts_start = value(&t, RELOAD_TS).unwrap();
@@ -348,7 +348,7 @@ async fn a_new_interval_applies_to_tasks_already_sleeping() {
     );
     let (_sim, sim) = start_simulator(SIM);
     let inst = "[[instances]]\nid = \"r-sleepy\"\n";
-    let (exp, addr) = start_exporter(&config(sim, "1h", inst), &[]);
+    let (exp, addr) = start_exporter_with(&config(sim, "1h", inst), &[], &[LIFECYCLE]);
     wait_polls(addr, "r-sleepy", 1.0).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = scrape_text(addr).await;
@@ -449,7 +449,7 @@ async fn restart_only_settings_are_warned_about_and_ignored() {
     };
     // Started without --listen, so `[server] listen` is the file's.
     let exp = spawn(
-        &["--config", "config.toml"],
+        &["--config", "config.toml", LIFECYCLE],
         &[
             ("ALIBABA_CLOUD_ACCESS_KEY_ID", SIM_KEY_ID),
             ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SIM_KEY_SECRET),
@@ -537,7 +537,7 @@ async fn poll_limits_apply_at_once_to_waiting_polls() {
         }
         c
     };
-    let (exp, addr) = start_exporter(&file(1, "1000"), &[]);
+    let (exp, addr) = start_exporter_with(&file(1, "1000"), &[], &[LIFECYCLE]);
     let stats = || async { sim_stats(sim).await };
     wait_until("one request in flight", WAIT, || async {
         (stats().await["in_flight"] == 1).then_some(())
@@ -589,4 +589,72 @@ async fn poll_limits_apply_at_once_to_waiting_polls() {
         (polled(&stats().await) == ids.len()).then_some(())
     })
     .await;
+}
+
+/// Without `--web.enable-lifecycle`, `POST /-/reload` answers 403 and changes nothing (the new
+/// file is not read: no instance added, no reload counted either way); SIGHUP still reloads.
+/// A rejected reload's reply names the key and never quotes the file's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_reload_needs_the_lifecycle_flag_and_sighup_does_not() {
+    let (_sim, sim) = start_simulator(SIM);
+    let with = |ids: &[&str], extra: &str| {
+        let list: String = ids
+            .iter()
+            .map(|id| format!("[[instances]]\nid = \"{id}\"\n"))
+            .collect();
+        config(sim, "1s", &format!("{extra}{list}"))
+    };
+    let (exp, addr) = start_exporter(&with(&["r-a"], ""), &[]);
+    wait_polls(addr, "r-a", 1.0).await;
+
+    write_config(&exp, &with(&["r-a", "r-b"], ""));
+    let (status, body) = post_reload(addr).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--web.enable-lifecycle"), "{body}");
+    // Two more polls of r-a: long enough for a reload to have added r-b had one happened.
+    let t = scrape_text(addr).await;
+    let t = wait_polls(addr, "r-a", polls(&t, "r-a").unwrap() + 2.0).await;
+    assert!(any_series_of(&t, "r-b").is_empty(), "the POST reloaded");
+    let out = exp.output();
+    assert!(
+        !out.contains(RELOADED) && !out.contains(REJECTED),
+        "the POST reached the reload: {out}"
+    );
+
+    // SIGHUP reloads without the flag.
+    exp.signal("HUP");
+    exp.wait_for_lines(RELOADED, 1, WAIT);
+    wait_polls(addr, "r-b", 1.0).await;
+    drop(exp);
+
+    // With the flag, a rejected reload's reply: rejected, the key named, nothing of the file
+    // (a secret typed on the wrong line, a value under the wrong key) nor figment's names.
+    let (exp, addr) = start_exporter_with(&with(&["r-a"], ""), &[], &[LIFECYCLE]);
+    wait_polls(addr, "r-a", 1.0).await;
+    const SECRET: &str = "NotARealSecretButSecretLooking";
+    for (bad, key) in [
+        (
+            with(
+                &["r-a"],
+                &format!("[credentials]\naccess_key_id = \"{SECRET}\n"),
+            ),
+            "line 7, column 48",
+        ),
+        (
+            with(&["r-a"], &format!("[limits]\nmax_sources = \"{SECRET}\"\n")),
+            "`limits.max_sources`",
+        ),
+    ] {
+        write_config(&exp, &bad);
+        let (status, body) = post_reload(addr).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.starts_with("reload rejected") && body.contains(key),
+            "{body}"
+        );
+        for leak in [SECRET, "TOML source string", "figment", "alloc::"] {
+            assert!(!body.contains(leak), "the reply quotes {leak:?}: {body}");
+        }
+    }
+    assert!(!exp.output().contains(SECRET), "{}", exp.output());
 }

@@ -37,6 +37,8 @@ fn start_with_env(files: &[(&str, &str)], env: &[(&str, &str)]) -> (Proc, Socket
             "127.0.0.1:0",
             "--web.config.file",
             "web.yml",
+            // POST /-/reload is served, so its check behind basic auth can be seen.
+            LIFECYCLE,
         ],
         env,
         &all,

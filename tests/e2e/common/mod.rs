@@ -217,16 +217,26 @@ pub const SIM_KEY_SECRET: &str = "sim-access-key-secret-not-real";
 /// Starts the exporter with `config_toml` (its `[server] listen` is forced to a free loopback
 /// port) and the simulator's key pair in the environment, plus `env`.
 pub fn start_exporter(config_toml: &str, env: &[(&str, &str)]) -> (Proc, SocketAddr) {
+    start_exporter_with(config_toml, env, &[])
+}
+
+/// The flag that serves `POST /-/reload` (without it the route answers 403).
+pub const LIFECYCLE: &str = "--web.enable-lifecycle";
+
+/// [`start_exporter`] with more command-line flags (`LIFECYCLE` for tests that POST reloads).
+pub fn start_exporter_with(
+    config_toml: &str,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> (Proc, SocketAddr) {
     let mut all_env = vec![
         ("ALIBABA_CLOUD_ACCESS_KEY_ID", SIM_KEY_ID),
         ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SIM_KEY_SECRET),
     ];
     all_env.extend_from_slice(env);
-    let p = spawn(
-        &["--config", "config.toml", "--listen", "127.0.0.1:0"],
-        &all_env,
-        &[("config.toml", config_toml)],
-    );
+    let mut args = vec!["--config", "config.toml", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(flags);
+    let p = spawn(&args, &all_env, &[("config.toml", config_toml)]);
     let addr = exporter_addr(&p);
     (p, addr)
 }
