@@ -58,7 +58,7 @@ impl Client {
     /// One signed call of an action to `endpoint` (without a trailing slash): `params` are the
     /// action's own (`Action`, `Version`, …); the signature's are added here. A successful answer
     /// goes to `decode`; any other is classified ([`super::classify_failure`]). Every error that
-    /// comes back, `decode`'s included, has the key's secrets removed from its texts.
+    /// comes back, `decode`'s included, is scrubbed of the key's secrets and cut short.
     pub async fn call<K: AsRef<str>, V: AsRef<str>, T>(
         &self,
         endpoint: &str,
@@ -74,7 +74,7 @@ impl Client {
             Ok(r) => Err(super::classify_failure(r.status, r.retry_after, &r.body)),
             Err(e) => Err(e),
         };
-        outcome.map_err(|e| e.redact(key))
+        outcome.map_err(|e| e.scrubbed(key))
     }
 
     /// One unsigned call (STS `AssumeRoleWithOIDC`, where the token in `form` is the proof):

@@ -31,6 +31,13 @@ pub use instance::{
     SourceKind, TlsFiles,
 };
 
+/// Why the file a `*_file` key names cannot be read. The value given to the key is never
+/// repeated: it may be the secret itself, pasted where its path belonged. The key (which the
+/// caller names) and the OS's reason are enough to find it.
+pub fn unreadable_file(e: &std::io::Error) -> String {
+    format!("cannot read the file: {e}")
+}
+
 /// The largest value any count limit may take (`[limits]`, `server.max_connections`).
 pub const MAX_LIMIT: usize = 100_000;
 
@@ -838,15 +845,22 @@ mod tests {
                 p.display().to_string()
             )
         };
+        // A secret pasted where its path belonged: named by key, never printed back.
+        let pasted = PathBuf::from("LTAI5tPastedSecretNotAPath");
         for (p, why) in [
-            (&missing, "cannot read"),
-            (&dir.path().to_owned(), "cannot read"),
-            (&empty, "is empty"),
+            (&missing, "cannot read the file: No such file"),
+            (&dir.path().to_owned(), "cannot read the file"),
+            (&empty, "the file is empty"),
+            (&pasted, "cannot read the file: No such file"),
         ] {
             let text = error_text(load(&cfg(p)));
             assert!(
                 text.contains("`credentials.access_key_secret_file`") && text.contains(why),
                 "{text}"
+            );
+            assert!(
+                !text.contains(p.to_str().unwrap()),
+                "the value printed: {text}"
             );
         }
         load(&cfg(&good)).unwrap();

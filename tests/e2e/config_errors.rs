@@ -30,9 +30,9 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("body cap too small", "[das]\nmax_body_bytes = 10\n[[instances]]\nid = \"r-a\"\n", "das.max_body_bytes", "at least"),
     ("endpoint not a URL", "[das]\nendpoint = \"not a url\"\n[[instances]]\nid = \"r-a\"\n", "das.endpoint", "not an http"),
     ("unknown provider", "[credentials]\nprovider = \"magic\"\n[[instances]]\nid = \"r-a\"\n", "credentials.provider", "unknown provider"),
-    ("missing secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/nonexistent/secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read /nonexistent/secret"),
-    ("secret file is a directory", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read /"),
-    ("empty secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"empty-secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "is empty"),
+    ("missing secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/nonexistent/secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read the file: No such file"),
+    ("secret file is a directory", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read the file"),
+    ("empty secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"empty-secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "the file is empty"),
     ("not TOML", "[poll\ninterval = 1\n", "", "TOML syntax error at line 1, column 6"),
 ];
 
@@ -142,4 +142,42 @@ fn a_readable_secret_file_is_accepted_and_never_printed() {
     let out = p.output();
     assert!(status.success(), "{out}");
     assert!(!out.contains("hunter2"), "{out}");
+}
+
+/// A secret pasted where its file's path belonged: every `*_file` key that cannot be read is
+/// named with the reason, and the value is never printed back, by `check-config` or the daemon.
+#[test]
+fn a_secret_pasted_into_a_file_key_is_never_printed() {
+    const PASTED: &str = "LTAI5tPastedSecretNotAPath0123";
+    let cases = [
+        (
+            format!("[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"{PASTED}\"\n[[instances]]\nid = \"r-a\"\n"),
+            "credentials.access_key_secret_file",
+        ),
+        (
+            format!("[[instances]]\nid = \"r-a\"\nsource = \"direct\"\naddress = \"redis://h:1\"\npassword_file = \"{PASTED}\"\n"),
+            "instances[0].password_file",
+        ),
+        (
+            format!("[[instances]]\nid = \"r-a\"\nsource = \"direct\"\naddress = \"rediss://h:1\"\ntls_ca_file = \"{PASTED}\"\n"),
+            "instances[0].tls_ca_file",
+        ),
+    ];
+    for (config, key) in &cases {
+        for args in [
+            &["--config", "config.toml", "check-config"][..],
+            &["--config", "config.toml", "--listen", "127.0.0.1:0"][..],
+        ] {
+            let (ok, out) = run(args, config);
+            assert!(!ok, "{key} {args:?}: accepted\n{out}");
+            assert!(
+                out.contains(&format!("`{key}`: cannot read the file: No such file")),
+                "{key} {args:?}: {out}"
+            );
+            assert!(
+                !out.contains(PASTED),
+                "{key} {args:?}: the value printed: {out}"
+            );
+        }
+    }
 }
