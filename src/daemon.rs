@@ -42,14 +42,26 @@ pub async fn run(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    run_with_web(cfg, credentials, reloader, None, false, shutdown, on_bound).await
+    let metrics = ProcessMetrics::default();
+    run_with_web(
+        cfg,
+        (credentials, metrics),
+        reloader,
+        None,
+        false,
+        shutdown,
+        on_bound,
+    )
+    .await
 }
 
 /// [`run`], serving through `web` (TLS, basic auth) when given, and `POST /-/reload` when
-/// `lifecycle` (`--web.enable-lifecycle`); SIGHUP reloads either way.
+/// `lifecycle` (`--web.enable-lifecycle`); SIGHUP reloads either way. The process-wide series
+/// live in the `metrics` that come with the credential provider (which may already count its
+/// requests into them).
 pub async fn run_with_web(
     cfg: Config,
-    credentials: Arc<dyn CredentialProvider>,
+    (credentials, metrics): (Arc<dyn CredentialProvider>, ProcessMetrics),
     reloader: Option<Reloader>,
     web: Option<WebConfig>,
     lifecycle: bool,
@@ -61,14 +73,14 @@ pub async fn run_with_web(
     let addr = listener.local_addr()?;
 
     let store = Arc::new(Store::new());
-    let metrics = ProcessMetrics::default();
     // One client for every call to the cloud (DAS and discovery): `[das]` timeout and body cap.
     let acs = acs::Client::new(
         cfg.das.timeout,
         cfg.das.max_body_bytes,
         "das.max_body_bytes",
     )
-    .context("building the HTTP client")?;
+    .context("building the HTTP client")?
+    .counting_into(metrics.clone());
     let inventory = Arc::new(discovery::Shared::new(
         acs.clone(),
         credentials.clone(),

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use redis_session_exporter::config::{Config, Overrides};
+use redis_session_exporter::metrics::ProcessMetrics;
 use redis_session_exporter::server::WebConfig;
 use redis_session_exporter::simulator::SimConfig;
 use redis_session_exporter::{credentials, daemon, demo, fleet, simulator, telemetry};
@@ -232,8 +233,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             telemetry::init("info");
+            let metrics = ProcessMetrics::default();
             let creds: Arc<dyn credentials::CredentialProvider> = match credentials::from_config(
                 &cfg.credentials,
+                &metrics,
             ) {
                 Ok(p) => p,
                 Err(e) => {
@@ -251,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             daemon::run_with_web(
                 cfg,
-                creds,
+                (creds, metrics),
                 Some(reloader),
                 web,
                 cli.web_enable_lifecycle,

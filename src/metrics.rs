@@ -62,6 +62,12 @@ struct CodeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiCodeLabels {
+    api: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -125,6 +131,7 @@ struct Inner {
     attribution_errors: Family<CodeLabels, Counter>,
     shard_ordinal: Gauge,
     total_shards: Gauge,
+    api_requests: Family<ApiCodeLabels, Counter>,
     build_version: &'static str,
 }
 
@@ -159,6 +166,7 @@ impl ProcessMetrics {
             attribution_errors: Family::default(),
             shard_ordinal: Gauge::default(),
             total_shards: Gauge::default(),
+            api_requests: Family::default(),
             build_version: version,
         };
         // Until a configuration is loaded there is one shard of one.
@@ -354,6 +362,20 @@ impl ProcessMetrics {
         self.changed();
     }
 
+    /// One HTTP request to a cloud API (`GetRedisAllSession`, `DescribeInstances`,
+    /// `AssumeRoleWithOIDC`, `metadata`), retries included: `code` is `ok` or the request's
+    /// bounded error code. Both labels come from a fixed set or an already bounded code.
+    pub fn api_request(&self, api: &str, code: &str) {
+        self.inner
+            .api_requests
+            .get_or_create(&ApiCodeLabels {
+                api: api.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+        self.changed();
+    }
+
     /// Registers every process-wide family in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         let i = &self.inner;
@@ -434,6 +456,12 @@ impl ProcessMetrics {
             "redis_session_exporter_total_shards",
             "Number of shards the fleet is split into.",
             i.total_shards.clone(),
+        );
+        register(
+            registry,
+            "redis_session_exporter_api_requests",
+            "HTTP requests to the cloud's APIs, retries included, by API and outcome code.",
+            i.api_requests.clone(),
         );
         register(
             registry,

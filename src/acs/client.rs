@@ -7,6 +7,7 @@ use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 
 use super::{signed_query, AccessKey, Error};
+use crate::metrics::ProcessMetrics;
 
 /// Every request says who sends it.
 pub(crate) const USER_AGENT: &str = concat!("redis-session-exporter/", env!("CARGO_PKG_VERSION"));
@@ -20,6 +21,8 @@ pub struct Client {
     max_body_bytes: u64,
     /// What the cap is called when an answer exceeds it (a config key where there is one).
     cap_name: &'static str,
+    /// Where every request is counted, when set.
+    metrics: Option<ProcessMetrics>,
 }
 
 /// An HTTP answer, whatever its status.
@@ -52,7 +55,14 @@ impl Client {
             timeout,
             max_body_bytes,
             cap_name,
+            metrics: None,
         })
+    }
+
+    /// Counts every request in `redis_session_exporter_api_requests_total` from now on.
+    pub fn counting_into(mut self, metrics: ProcessMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// One signed call of an action to `endpoint` (without a trailing slash): `params` are the
@@ -69,19 +79,29 @@ impl Client {
         let nonce = uuid::Uuid::new_v4().to_string();
         let query = signed_query(key, params, SystemTime::now(), &nonce);
         let request = self.http.post(format!("{endpoint}/?{query}"));
+        let action = params
+            .iter()
+            .find(|(k, _)| k.as_ref() == "Action")
+            .map_or("", |(_, v)| v.as_ref());
+        let tally = Tally::new(self.metrics.as_ref(), action);
         let outcome = match self.send(request).await {
             Ok(r) if r.status.is_success() => decode(r),
             Ok(r) => Err(super::classify_failure(r.status, r.retry_after, &r.body)),
             Err(e) => Err(e),
         };
+        // Counted with the code the poll would get: an error `Code` inside a 200 is that code.
+        tally.finish(&outcome);
         outcome.map_err(|e| e.scrubbed(key))
     }
 
     /// One unsigned call (STS `AssumeRoleWithOIDC`, where the token in `form` is the proof):
     /// `query` is sent as is, `form` as an `application/x-www-form-urlencoded` body.
+    /// `api` names the call in the request counter; an answer is counted `ok` when its status
+    /// is a success, else by [`super::classify_failure`]'s code.
     pub async fn call_anonymous(
         &self,
         endpoint: &str,
+        api: &str,
         query: &str,
         form: String,
     ) -> Result<Reply, Error> {
@@ -91,7 +111,20 @@ impl Client {
             .header("content-type", "application/x-www-form-urlencoded")
             .header("accept", "application/json")
             .body(form);
-        self.send(request).await
+        let tally = Tally::new(self.metrics.as_ref(), api);
+        let reply = self.send(request).await;
+        match &reply {
+            Ok(r) if !r.status.is_success() => {
+                tally.finish::<()>(&Err(super::classify_failure(
+                    r.status,
+                    r.retry_after,
+                    &r.body,
+                )));
+            }
+            Ok(_) => tally.finish(&Ok(())),
+            Err(e) => tally.finish::<()>(&Err(e.clone())),
+        }
+        reply
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply, Error> {
@@ -132,6 +165,37 @@ impl Client {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+}
+
+/// Counts one request exactly once: with its outcome, or as `timeout` when the caller stops
+/// waiting for it (a poll whose budget runs out drops the attempt mid-flight; the request was
+/// sent and counts against the quota all the same).
+struct Tally<'a> {
+    metrics: Option<&'a ProcessMetrics>,
+    api: &'a str,
+}
+
+impl<'a> Tally<'a> {
+    fn new(metrics: Option<&'a ProcessMetrics>, api: &'a str) -> Self {
+        Self { metrics, api }
+    }
+
+    fn finish<T>(mut self, outcome: &Result<T, Error>) {
+        if let Some(m) = self.metrics.take() {
+            match outcome {
+                Ok(_) => m.api_request(self.api, "ok"),
+                Err(e) => m.api_request(self.api, &e.code()),
+            }
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.metrics.take() {
+            m.api_request(self.api, "timeout");
+        }
     }
 }
 
@@ -202,6 +266,77 @@ mod tests {
         let c = Client::new(Duration::from_secs(5), 1024, "das.max_body_bytes").unwrap();
         let r = c.call(&endpoint, &[("Action", "X")], &key(), Ok).await;
         assert!(matches!(r, Err(Error::Http { status: 302, .. })), "{r:?}");
+    }
+
+    /// `redis_session_exporter_api_requests_total` as encoded: `{api="…",code="…"} n` lines.
+    fn api_requests(metrics: &ProcessMetrics) -> Vec<String> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("redis_session_exporter_api_requests_total"))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[tokio::test]
+    async fn every_request_is_counted_once_by_api_and_code() {
+        let metrics = ProcessMetrics::new("t");
+        let c = Client::new(Duration::from_secs(5), 1024, "k")
+            .unwrap()
+            .counting_into(metrics.clone());
+        let params = [("Action", "GetRedisAllSession"), ("Version", "x")];
+        let ok = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
+        c.call(&ok, &params, &key(), |_| Ok(())).await.unwrap();
+        // A 200 whose body the caller cannot read counts with the code the poll gets.
+        let bad = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
+        let r: Result<(), _> = c
+            .call(&bad, &params, &key(), |_| {
+                Err(Error::InvalidResponse("no Data".into()))
+            })
+            .await;
+        assert!(r.is_err());
+        let throttled = serve_once(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 26\r\n\r\n{\"Code\":\"Throttling.User\"}",
+        )
+        .await;
+        assert!(c.call(&throttled, &params, &key(), Ok).await.is_err());
+        let moved = serve_once(
+            "HTTP/1.1 301 Moved\r\nlocation: http://127.0.0.1:9/\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        let sts = c.call_anonymous(
+            &moved,
+            "AssumeRoleWithOIDC",
+            "Action=AssumeRoleWithOIDC",
+            String::new(),
+        );
+        assert_eq!(sts.await.unwrap().status.as_u16(), 301);
+        // Dropped by its caller while in flight (a poll's budget ran out): still one request.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent = format!("http://{}", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move { listener.accept().await });
+        let r = tokio::time::timeout(
+            Duration::from_millis(200),
+            c.call(&silent, &[("Action", "DescribeInstances")], &key(), Ok),
+        )
+        .await;
+        assert!(r.is_err(), "{r:?}");
+        held.abort();
+        assert_eq!(
+            api_requests(&metrics),
+            [
+                r#"{api="AssumeRoleWithOIDC",code="http_301"} 1"#,
+                r#"{api="DescribeInstances",code="timeout"} 1"#,
+                r#"{api="GetRedisAllSession",code="Throttling.User"} 1"#,
+                r#"{api="GetRedisAllSession",code="invalid_response"} 1"#,
+                r#"{api="GetRedisAllSession",code="ok"} 1"#,
+            ]
+        );
     }
 
     #[tokio::test]

@@ -189,6 +189,7 @@ mod tests {
             role_session_name: "test".into(),
             home: home.map(Into::into),
             signal: HealthSignal::default(),
+            metrics: crate::metrics::ProcessMetrics::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use super::oidc::parse_expiration;
 use super::refresh::Fetch;
 use super::{CredentialError, Credentials, SecretString};
+use crate::metrics::ProcessMetrics;
 
 pub const ENV_ECS_METADATA: &str = "ALIBABA_CLOUD_ECS_METADATA";
 pub const ENV_ECS_METADATA_DISABLED: &str = "ALIBABA_CLOUD_ECS_METADATA_DISABLED";
@@ -22,6 +23,8 @@ const TOKEN_PATH: &str = "/latest/api/token";
 const ROLES_PATH: &str = "/latest/meta-data/ram/security-credentials/";
 const TOKEN_HEADER: &str = "X-aliyun-ecs-metadata-token";
 const TOKEN_TTL_HEADER: &str = "X-aliyun-ecs-metadata-token-ttl-seconds";
+/// The `api` label of the metadata service's requests.
+const API: &str = "metadata";
 /// The SDKs' choice: the metadata service is link-local and answers fast or not at all.
 const TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -123,6 +126,8 @@ pub struct EcsFetcher {
     http: reqwest::Client,
     endpoint: String,
     role: Option<String>,
+    /// Every request is counted here (`api="metadata"`).
+    metrics: ProcessMetrics,
 }
 
 impl EcsFetcher {
@@ -130,6 +135,7 @@ impl EcsFetcher {
         name: &'static str,
         endpoint: &str,
         role: Option<String>,
+        metrics: ProcessMetrics,
     ) -> Result<Self, CredentialError> {
         let http = reqwest::Client::builder()
             .user_agent(crate::acs::USER_AGENT)
@@ -146,6 +152,7 @@ impl EcsFetcher {
             http,
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             role,
+            metrics,
         })
     }
 
@@ -157,15 +164,29 @@ impl EcsFetcher {
         let fail = |r: String| {
             CredentialError::failed(self.name, format!("metadata service, {what}: {r}"))
         };
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| fail(e.without_url().to_string()))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(e.without_url().to_string()))?;
+        let exchange = async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.bytes().await?))
+        };
+        let (status, body) = match exchange.await {
+            Ok(r) => r,
+            Err(e) => {
+                let code = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection"
+                };
+                self.metrics.api_request(API, code);
+                return Err(fail(e.without_url().to_string()));
+            }
+        };
+        if status.is_success() {
+            self.metrics.api_request(API, "ok");
+        } else {
+            self.metrics
+                .api_request(API, &format!("http_{}", status.as_u16()));
+        }
         match status {
             s if s.is_success() => Ok(body),
             StatusCode::NOT_FOUND => Err(fail(
@@ -294,9 +315,21 @@ mod tests {
             "HTTP/1.1 302 Found\r\nlocation: {elsewhere}/latest/api/token\r\ncontent-length: 0\r\n\r\n"
         ))
         .await;
-        let f = EcsFetcher::new("ecs_ram_role", &endpoint, Some("r".into())).unwrap();
+        let metrics = ProcessMetrics::new("t");
+        let f =
+            EcsFetcher::new("ecs_ram_role", &endpoint, Some("r".into()), metrics.clone()).unwrap();
         let e = f.fetch().await.unwrap_err();
         assert!(e.to_string().contains("HTTP 302"), "{e}");
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                "redis_session_exporter_api_requests_total{api=\"metadata\",code=\"http_302\"} 1\n"
+            ),
+            "{text}"
+        );
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(
             followed.load(std::sync::atomic::Ordering::SeqCst),

@@ -35,6 +35,7 @@ use futures_util::future::BoxFuture;
 
 use crate::acs::AccessKey;
 use crate::config::{check_role_session_name, normalize_endpoint, CredentialsConfig, Provider};
+use crate::metrics::ProcessMetrics;
 
 pub use secrecy::{ExposeSecret, SecretString};
 
@@ -379,6 +380,8 @@ pub struct Settings {
     pub home: Option<PathBuf>,
     /// Raised by every provider built with these settings when its health changes.
     pub signal: HealthSignal,
+    /// Where the providers count their requests to STS and the metadata service.
+    pub metrics: ProcessMetrics,
 }
 
 impl Settings {
@@ -408,6 +411,7 @@ impl Settings {
             role_session_name: session,
             home: non_empty(get("HOME")).map(PathBuf::from),
             signal: HealthSignal::default(),
+            metrics: ProcessMetrics::default(),
         })
     }
 }
@@ -452,6 +456,7 @@ impl Spec {
                         name,
                         &settings.ecs_metadata_endpoint,
                         role,
+                        settings.metrics.clone(),
                     )?)
                     .with_signal(settings.signal.clone()),
                 )
@@ -462,6 +467,7 @@ impl Spec {
                     &settings.sts_endpoint,
                     params,
                     &settings.role_session_name,
+                    settings.metrics.clone(),
                 )?)
                 .with_signal(settings.signal.clone()),
             ),
@@ -469,19 +475,25 @@ impl Spec {
     }
 }
 
-/// Builds the provider `[credentials]` asks for.
+/// Builds the provider `[credentials]` asks for; its requests to STS and the metadata service
+/// are counted in `metrics`.
 pub fn from_config(
     cfg: &CredentialsConfig,
+    metrics: &ProcessMetrics,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
-    from_config_with(cfg, &|k| std::env::var(k).ok())
+    from_config_with(cfg, &|k| std::env::var(k).ok(), metrics)
 }
 
 /// [`from_config`] with the environment passed in, for tests.
 pub fn from_config_with(
     cfg: &CredentialsConfig,
     get: &dyn Fn(&str) -> Option<String>,
+    metrics: &ProcessMetrics,
 ) -> Result<Arc<dyn CredentialProvider>, CredentialError> {
-    let settings = Settings::resolve(cfg, get)?;
+    let settings = Settings {
+        metrics: metrics.clone(),
+        ..Settings::resolve(cfg, get)?
+    };
     tracing::debug!(provider = %cfg.provider, sts = %settings.sts_endpoint,
         metadata = %settings.ecs_metadata_endpoint, "building the credential provider");
     match cfg.provider {

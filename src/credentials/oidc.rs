@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use super::refresh::Fetch;
 use super::{CredentialError, Credentials, ExposeSecret, SecretString};
 use crate::acs::{self, sign};
+use crate::metrics::ProcessMetrics;
 
 pub const ENV_ROLE_ARN: &str = "ALIBABA_CLOUD_ROLE_ARN";
 pub const ENV_OIDC_PROVIDER_ARN: &str = "ALIBABA_CLOUD_OIDC_PROVIDER_ARN";
@@ -178,14 +179,17 @@ pub struct OidcFetcher {
 }
 
 impl OidcFetcher {
+    /// Every request to STS is counted in `metrics`.
     pub fn new(
         name: &'static str,
         endpoint: &str,
         mut params: OidcParams,
         session_name: &str,
+        metrics: ProcessMetrics,
     ) -> Result<Self, CredentialError> {
         let acs = acs::Client::new(TIMEOUT, MAX_ANSWER_BYTES, "the size of an STS answer")
-            .map_err(|e| CredentialError::failed(name, format!("HTTP client: {e}")))?;
+            .map_err(|e| CredentialError::failed(name, format!("HTTP client: {e}")))?
+            .counting_into(metrics);
         let session_name = params
             .role_session_name
             .take()
@@ -236,7 +240,7 @@ impl Fetch for OidcFetcher {
             );
             let reply = self
                 .acs
-                .call_anonymous(&self.endpoint, &query, form)
+                .call_anonymous(&self.endpoint, "AssumeRoleWithOIDC", &query, form)
                 .await
                 .map_err(|e| {
                     CredentialError::failed(self.name, format!("STS request failed: {e}"))

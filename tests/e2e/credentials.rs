@@ -202,6 +202,21 @@ async fn rrsa_oidc_credentials_sign_polls_and_refresh_before_expiry() {
         "{:?}",
         st.lock().unwrap().refused
     );
+    // Every request STS answered is counted once (all of them `ok` here).
+    wait_until(
+        "the STS requests counted",
+        Duration::from_secs(10),
+        || async {
+            let t = scrape_text(addr).await;
+            let answered = st.lock().unwrap().accepted_tokens.len() as f64;
+            (value(
+                &t,
+                "redis_session_exporter_api_requests_total{api=\"AssumeRoleWithOIDC\",code=\"ok\"}",
+            ) == Some(answered))
+            .then_some(())
+        },
+    )
+    .await;
 
     let mut secrets = vec![
         "first-oidc-token".to_owned(),
@@ -312,8 +327,17 @@ async fn ecs_role_names_reach_the_metadata_service_as_written() {
             env.push(("ALIBABA_CLOUD_ECS_METADATA", role));
         }
         let (_p, addr) = start(&cfg, &env, &[]);
-        wait_polls(addr, 1.0).await;
+        let text = wait_polls(addr, 1.0).await;
         let s = ms.lock().unwrap();
+        // Token, (role listing,) credentials: each request counted once.
+        assert_eq!(
+            value(
+                &text,
+                "redis_session_exporter_api_requests_total{api=\"metadata\",code=\"ok\"}"
+            ),
+            Some(s.requests as f64),
+            "{role}"
+        );
         assert_eq!(
             s.credential_paths,
             vec![format!("/latest/meta-data/ram/security-credentials/{role}")],

@@ -920,3 +920,100 @@ async fn denied_discovery_leaves_static_instances_polled() {
         exporter.output()
     );
 }
+
+/// `redis_session_exporter_api_requests_total{api, code}` against the simulator's own counts:
+/// every request the simulator answered is counted once, under the code its answer gets, retries
+/// included (a poll retried twice is one poll and three requests), and so is every
+/// `DescribeInstances` page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_are_what_the_simulator_saw() {
+    let (_sim, sim) = start_simulator(
+        "sessions = 5\n\
+         [instances.r-api-retried]\nfault = { kind = \"service_unavailable\" }\n\
+         [instances.r-api-denied]\nfault = { kind = \"no_permission\" }\n\
+         [[inventory]]\nInstanceId = \"r-api-found\"\nRegionId = \"cn-hangzhou\"\nInstanceStatus = \"Normal\"\n",
+    );
+    // A long interval: after the start-up round nothing moves, so the counts can settle.
+    let discovery = format!(
+        "[[discovery]]\nregions = [\"cn-hangzhou\"]\nrefresh = \"60s\"\nendpoint = \"http://{sim}\"\n"
+    );
+    let ids = ["r-api-retried", "r-api-denied", "r-api-ok"];
+    let cfg = exporter_config(sim, "", &ids).replace("interval = \"1s\"", "interval = \"30s\"")
+        + &discovery;
+    let (_exporter, addr) = start_exporter(&cfg, &[]);
+
+    // Two failed attempts, then the service recovers inside the same poll.
+    wait_until(
+        "two attempts of r-api-retried",
+        Duration::from_secs(10),
+        || async {
+            (sim_stats(sim).await["requests"]["r-api-retried"].as_u64() >= Some(2)).then_some(())
+        },
+    )
+    .await;
+    clear_fault(sim, "r-api-retried").await;
+
+    // The simulator's answers, by the code the exporter gives each kind of answer.
+    let code_of = |label: &str| match label {
+        "ok" => "ok".to_owned(),
+        "service_unavailable" => "ServiceUnavailable".to_owned(),
+        "no_permission" => "NoPermission".to_owned(),
+        other => panic!("unexpected answer {other}"),
+    };
+    let (text, stats) = wait_until(
+        "the exporter's counts to match the simulator's",
+        Duration::from_secs(20),
+        || async {
+            let text = scrape_text(addr).await;
+            let stats = sim_stats(sim).await;
+            let mut want: BTreeMap<String, f64> = BTreeMap::new();
+            for answers in stats["answers"].as_object()?.values() {
+                for (label, n) in answers.as_object()? {
+                    *want.entry(code_of(label)).or_default() += n.as_f64()?;
+                }
+            }
+            let got: BTreeMap<String, f64> = samples(&text)
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let code = k.strip_prefix(
+                        "redis_session_exporter_api_requests_total{api=\"GetRedisAllSession\",code=\"",
+                    )?;
+                    Some((code.strip_suffix("\"}")?.to_owned(), v))
+                })
+                .collect();
+            let pages: f64 = stats["describe_requests"]
+                .as_object()?
+                .values()
+                .filter_map(|v| v.as_f64())
+                .sum();
+            let described = value(
+                &text,
+                "redis_session_exporter_api_requests_total{api=\"DescribeInstances\",code=\"ok\"}",
+            );
+            let settled = up(&text, "r-api-found") == Some(1.0)
+                && up(&text, "r-api-retried") == Some(1.0)
+                && got == want
+                && described == Some(pages);
+            settled.then_some((text, stats))
+        },
+    )
+    .await;
+    // A poll retried twice: one poll, three requests.
+    assert_eq!(stats["requests"]["r-api-retried"], 3, "{stats}");
+    assert_eq!(polls(&text, "r-api-retried"), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "redis_session_exporter_api_requests_total{api=\"GetRedisAllSession\",code=\"ServiceUnavailable\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "redis_session_exporter_api_requests_total{api=\"GetRedisAllSession\",code=\"NoPermission\"}"
+        ),
+        Some(1.0),
+        "a permanent error is not retried"
+    );
+}
