@@ -30,9 +30,10 @@ pub struct DiscoveryConfig {
     pub architecture: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
-    /// `InstanceStatus`; empty means any status.
-    #[serde(default = "default_status")]
-    pub status: String,
+    /// `InstanceStatus` filter. Absent: every status that can hold sessions (discovery leaves out
+    /// `Creating`, `Released` and `Inactive`); `""`: any status at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
     /// Instance ids never to poll even when they match.
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -41,10 +42,6 @@ pub struct DiscoveryConfig {
     /// A URL, where `{region}` (if present) becomes each region.
     #[serde(default = "default_endpoint")]
     pub endpoint: String,
-}
-
-fn default_status() -> String {
-    "Normal".into()
 }
 
 fn default_refresh() -> Duration {
@@ -171,7 +168,7 @@ mod tests {
     #[test]
     fn defaults() {
         let b = block("regions = [\"cn-hangzhou\"]");
-        assert_eq!(b.status, "Normal");
+        assert_eq!(b.status, None);
         assert_eq!(b.refresh, Duration::from_secs(600));
         assert_eq!(b.endpoint, DEFAULT_ENDPOINT);
         assert!(b.validate("discovery[0]").is_empty());

@@ -19,6 +19,12 @@ pub const MAX_PAGES: u32 = 2_000;
 pub const LABEL_NAME: &str = "instance_name";
 pub const LABEL_REGION: &str = "region";
 pub const LABEL_ARCHITECTURE: &str = "architecture";
+pub const LABEL_STATUS: &str = "status";
+/// Statuses of instances that hold no sessions: not yet created, released, or expired (its
+/// subscription lapsed). Every other status (`Normal`, `Changing`, `HASwitching`, `Migrating`,
+/// `Transforming`, `NetworkModifying`, …) is an instance that serves clients, often in trouble,
+/// and stays polled unless a block's `status` says otherwise.
+pub const STATUSES_WITHOUT_SESSIONS: &[&str] = &["Creating", "Released", "Inactive"];
 pub const TAG_PREFIX: &str = "tag_";
 
 /// The action's own parameters for one page (the signature's common ones are added by
@@ -32,8 +38,10 @@ pub fn request_params(cfg: &DiscoveryConfig, region: &str, page: u32) -> Vec<(St
         ("PageNumber".into(), page.to_string()),
         ("PageSize".into(), PAGE_SIZE.to_string()),
     ];
-    if !cfg.status.is_empty() {
-        p.push(("InstanceStatus".into(), cfg.status.clone()));
+    // The API filters on one status only; the default (every status that can hold sessions) is
+    // applied by `select`.
+    if let Some(status) = cfg.status.as_ref().filter(|s| !s.is_empty()) {
+        p.push(("InstanceStatus".into(), status.clone()));
     }
     if let Some(a) = &cfg.architecture {
         p.push(("ArchitectureType".into(), a.clone()));
@@ -164,7 +172,12 @@ pub fn select(
         if i.instance_id.trim().is_empty()
             || exclude.contains(i.instance_id.as_str())
             || mismatch(Some(region), &i.region_id)
-            || mismatch(Some(&cfg.status), &i.instance_status)
+            || match &cfg.status {
+                Some(want) => mismatch(Some(want), &i.instance_status),
+                None => STATUSES_WITHOUT_SESSIONS
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(i.instance_status.trim())),
+            }
             || mismatch(cfg.architecture.as_deref(), &i.architecture_type)
             || mismatch(cfg.instance_type.as_deref(), &i.instance_type)
         {
@@ -204,6 +217,9 @@ pub fn to_instance(i: &InventoryInstance, region: &str) -> InstanceConfig {
     }
     if !i.architecture_type.is_empty() {
         l.insert(LABEL_ARCHITECTURE.into(), i.architecture_type.clone());
+    }
+    if !i.instance_status.is_empty() {
+        l.insert(LABEL_STATUS.into(), i.instance_status.clone());
     }
     let mut tags: Vec<&Tag> = i.tags.iter().flat_map(|t| &t.tag).collect();
     tags.sort_by(|a, b| a.key.cmp(&b.key));
@@ -254,7 +270,7 @@ mod tests {
     #[test]
     fn parameters_of_a_page() {
         let b = block(
-            "regions = [\"cn-hangzhou\"]\ntags = { team = \"core\", env = \"prod\" }\narchitecture = \"cluster\"\ninstance_type = \"Redis\"",
+            "regions = [\"cn-hangzhou\"]\ntags = { team = \"core\", env = \"prod\" }\narchitecture = \"cluster\"\ninstance_type = \"Redis\"\nstatus = \"Normal\"",
         );
         let p: BTreeMap<String, String> =
             request_params(&b, "cn-hangzhou", 3).into_iter().collect();
@@ -277,10 +293,67 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         assert_eq!(p, want);
-        let any_status = block("regions = [\"a\"]\nstatus = \"\"");
-        assert!(!request_params(&any_status, "a", 1)
+        // Neither the default (several statuses, filtered by `select`) nor "" (any) is one
+        // status the API could filter on.
+        for text in ["regions = [\"a\"]\nstatus = \"\"", "regions = [\"a\"]"] {
+            assert!(!request_params(&block(text), "a", 1)
+                .iter()
+                .any(|(k, _)| k == "InstanceStatus"));
+        }
+    }
+
+    #[test]
+    fn by_default_every_status_that_can_hold_sessions_is_kept() {
+        let statuses = [
+            "Normal",
+            "Creating",
+            "Changing",
+            "Inactive",
+            "HASwitching",
+            "Migrating",
+            "Released",
+            "Transforming",
+            "NetworkModifying",
+            "Flushing",
+            "released",
+            "",
+        ];
+        let found: Vec<InventoryInstance> = statuses
             .iter()
-            .any(|(k, _)| k == "InstanceStatus"));
+            .enumerate()
+            .map(|(n, s)| InventoryInstance {
+                instance_status: (*s).into(),
+                ..inst(&format!("r-{n:02}"), "cn-hangzhou", &[])
+            })
+            .collect();
+        let kept = |b: &DiscoveryConfig| -> Vec<String> {
+            select(b, "cn-hangzhou", &found)
+                .iter()
+                .map(|i| i.labels.get(LABEL_STATUS).cloned().unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(
+            kept(&block("regions = [\"cn-hangzhou\"]")),
+            [
+                "Normal",
+                "Changing",
+                "HASwitching",
+                "Migrating",
+                "Transforming",
+                "NetworkModifying",
+                "Flushing",
+                ""
+            ]
+        );
+        // An explicit status still filters; "" keeps everything.
+        assert_eq!(
+            kept(&block("regions = [\"cn-hangzhou\"]\nstatus = \"Changing\"")),
+            ["Changing", ""]
+        );
+        assert_eq!(
+            kept(&block("regions = [\"cn-hangzhou\"]\nstatus = \"\"")).len(),
+            statuses.len()
+        );
     }
 
     #[test]
@@ -367,7 +440,7 @@ mod tests {
             "regions = [\"cn-hangzhou\"]\ntags = { env = \"prod\" }\nexclude = [\"r-excluded\"]",
         );
         let mut stopped = inst("r-stopped", "cn-hangzhou", &[("env", "prod")]);
-        stopped.instance_status = "Flushing".into();
+        stopped.instance_status = "Released".into();
         let mut untagged = inst("r-notags", "cn-hangzhou", &[]);
         untagged.tags = None;
         let found = vec![
@@ -391,6 +464,7 @@ mod tests {
         assert_eq!(l["instance_name"], "name of r-b");
         assert_eq!(l["region"], "cn-hangzhou");
         assert_eq!(l["architecture"], "standard");
+        assert_eq!(l["status"], "Normal");
         assert_eq!(l["tag_env"], "prod");
         // `team.owner` and `team/owner` both sanitise to tag_team_owner: the first key wins.
         assert_eq!(l["tag_team_owner"], "x");

@@ -34,7 +34,18 @@ fn inventory(n: usize, prefix: &str) -> Vec<Value> {
         for i in 0..n {
             let id = format!("r-{prefix}{}-{i:04}", &region[3..]);
             let env = if i % 3 == 0 { "staging" } else { "prod" };
-            let status = if i % 17 == 5 { "Flushing" } else { "Normal" };
+            // Busy instances (a failover, a resize, a migration) among the normal ones, and some
+            // that hold no sessions at all.
+            let status = match i % 17 {
+                2 => "Changing",
+                5 => "Creating",
+                7 => "HASwitching",
+                9 => "Released",
+                11 => "Migrating",
+                13 => "Inactive",
+                15 => "NetworkModifying",
+                _ => "Normal",
+            };
             let mut tags = vec![("env", env), ("team", TEAMS[i % 3])];
             if i % 4 == 0 {
                 tags.push(("app.kubernetes.io/name", "checkout"));
@@ -45,12 +56,15 @@ fn inventory(n: usize, prefix: &str) -> Vec<Value> {
     out
 }
 
-/// What a block with `regions`, `tags = { env = "prod" }`, status Normal and `exclude` must find,
-/// computed here from the raw inventory.
+/// What a block with `regions`, `tags = { env = "prod" }`, no `status` (every status but
+/// `Creating`, `Released` and `Inactive`) and `exclude` must find, computed here from the raw
+/// inventory.
 fn expected(inv: &[Value], regions: &[&str], exclude: &[&str]) -> BTreeSet<String> {
     inv.iter()
         .filter(|i| regions.contains(&i["RegionId"].as_str().unwrap()))
-        .filter(|i| i["InstanceStatus"] == "Normal")
+        .filter(|i| {
+            !["Creating", "Released", "Inactive"].contains(&i["InstanceStatus"].as_str().unwrap())
+        })
         .filter(|i| {
             i["Tags"]["Tag"]
                 .as_array()
@@ -182,6 +196,13 @@ async fn discovers_the_matching_set_follows_changes_and_survives_failures() {
     assert_eq!(l["instance_name"], "name-r-hangzhou-0004");
     assert_eq!(l["region"], "cn-hangzhou");
     assert_eq!(l["architecture"], "cluster"); // ARCHS[4 % 5 % 3]
+    assert_eq!(l["status"], "Normal");
+    // A failing-over instance is polled, its status shown.
+    assert_eq!(info(&text)["r-hangzhou-0007"]["status"], "HASwitching");
+    assert!(
+        !want.contains("r-hangzhou-0005"),
+        "Creating: nothing to poll"
+    );
     assert_eq!(l["tag_env"], "prod");
     assert_eq!(l["tag_team"], "pay");
     assert_eq!(l["tag_app_kubernetes_io_name"], "checkout");
@@ -296,6 +317,59 @@ async fn discovers_the_matching_set_follows_changes_and_survives_failures() {
     })
     .await;
     assert!(exporter.terminate().success());
+}
+
+/// An instance that starts failing over stays polled by default, its `status` label following
+/// it; a block with an explicit `status` still filters on it.
+#[tokio::test]
+async fn a_busy_instance_stays_and_an_explicit_status_filters() {
+    let (_sim, sim) = start_simulator(SIM);
+    let mut inv = inventory(20, "");
+    put_json(sim, "/_sim/inventory", &Value::Array(inv.clone())).await;
+    let (_default, by_default) =
+        start_exporter(&discovery_config(sim, &["cn-hangzhou"], &[], ""), &[]);
+    let (_normal, only_normal) = start_exporter(
+        &discovery_config(sim, &["cn-hangzhou"], &[], "status = \"Normal\""),
+        &[],
+    );
+    let normal = |inv: &[Value]| -> BTreeSet<String> {
+        expected(inv, &["cn-hangzhou"], &[])
+            .into_iter()
+            .filter(|id| {
+                inv.iter()
+                    .any(|i| i["InstanceId"] == id.as_str() && i["InstanceStatus"] == "Normal")
+            })
+            .collect()
+    };
+    let (all, only) = (expected(&inv, &["cn-hangzhou"], &[]), normal(&inv));
+    assert!(all.len() > only.len() && only.contains("r-hangzhou-0004"));
+    wait_until("both sets", Duration::from_secs(60), || async {
+        (ids(&scrape_text(by_default).await) == all && ids(&scrape_text(only_normal).await) == only)
+            .then_some(())
+    })
+    .await;
+
+    // r-hangzhou-0004 starts a failover.
+    for i in inv.iter_mut() {
+        if i["InstanceId"] == "r-hangzhou-0004" {
+            i["InstanceStatus"] = json!("HASwitching");
+        }
+    }
+    put_json(sim, "/_sim/inventory", &Value::Array(inv.clone())).await;
+    let only = normal(&inv);
+    assert!(!only.contains("r-hangzhou-0004"));
+    wait_until("the failover seen", Duration::from_secs(60), || async {
+        let text = scrape_text(by_default).await;
+        let shown = info(&text)
+            .get("r-hangzhou-0004")
+            .and_then(|l| l.get("status").cloned());
+        (ids(&text) == all
+            && shown.as_deref() == Some("HASwitching")
+            && value(&text, "redis_session_up{instance_id=\"r-hangzhou-0004\"}") == Some(1.0)
+            && ids(&scrape_text(only_normal).await) == only)
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
