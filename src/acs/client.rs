@@ -68,7 +68,7 @@ impl Client {
     /// One signed call of an action to `endpoint` (without a trailing slash): `params` are the
     /// action's own (`Action`, `Version`, …); the signature's are added here. A successful answer
     /// goes to `decode`; any other is classified ([`super::classify_failure`]). Every error that
-    /// comes back, `decode`'s included, has the key's secrets removed from its texts.
+    /// comes back, `decode`'s included, is scrubbed of the key's secrets and cut short.
     pub async fn call<K: AsRef<str>, V: AsRef<str>, T>(
         &self,
         endpoint: &str,
@@ -91,7 +91,7 @@ impl Client {
         };
         // Counted with the code the poll would get: an error `Code` inside a 200 is that code.
         tally.finish(&outcome);
-        outcome.map_err(|e| e.redact(key))
+        outcome.map_err(|e| e.scrubbed(key))
     }
 
     /// One unsigned call (STS `AssumeRoleWithOIDC`, where the token in `form` is the proof):

@@ -68,8 +68,10 @@ impl Error {
         }
     }
 
-    /// The same error with `key`'s secrets removed from its texts.
-    pub fn redact(self, key: &AccessKey<'_>) -> Self {
+    /// The same error made fit to show: its texts scrubbed of `key`'s secrets, then cut short
+    /// ([`scrub`]). Every error built from an answer passes here before anyone sees it.
+    pub fn scrubbed(self, key: &AccessKey<'_>) -> Self {
+        let secrets = key.secrets();
         match self {
             Error::Api {
                 code,
@@ -77,17 +79,49 @@ impl Error {
                 retry_after,
             } => Error::Api {
                 code,
-                message: key.redact(message),
+                message: scrub(&message, &secrets, MESSAGE_CHARS),
                 retry_after,
             },
             Error::Http { status, detail } => Error::Http {
                 status,
-                detail: key.redact(detail),
+                detail: scrub(&detail, &secrets, DETAIL_CHARS),
             },
-            Error::InvalidResponse(m) => Error::InvalidResponse(key.redact(m)),
+            Error::InvalidResponse(m) => Error::InvalidResponse(scrub(&m, &secrets, MESSAGE_CHARS)),
             other => other,
         }
     }
+}
+
+/// The most characters of an API message shown in a log line or on the landing page.
+pub const MESSAGE_CHARS: usize = 300;
+
+/// The most characters of a non-API error body (an HTML error page) shown.
+const DETAIL_CHARS: usize = 120;
+
+/// Where a gateway's `SignatureDoesNotMatch` message starts echoing the signed request (key id,
+/// `SecurityToken`, every parameter); everything after it is dropped.
+const STRING_TO_SIGN: &str = "string to sign";
+
+/// Makes a text from the cloud fit for a log line or a page, in this order: everything after
+/// "string to sign" dropped; every secret in `secrets` replaced by `[REDACTED]`, raw and
+/// percent-encoded once and twice (a gateway echoes the request encoded twice); then cut to
+/// `max` characters. Scrubbing before cutting matters: a cut that falls inside a long secret
+/// (an STS token is over a thousand characters) would leave a prefix no replacement matches.
+pub fn scrub(text: &str, secrets: &[&str], max: usize) -> String {
+    // ASCII lower-casing keeps byte offsets, so the index is valid in `text`.
+    let mut out = match text.to_ascii_lowercase().find(STRING_TO_SIGN) {
+        Some(i) => format!("{} […]", &text[..i + STRING_TO_SIGN.len()]),
+        None => text.to_owned(),
+    };
+    // Shorter strings are not secrets worth the false positives (and an empty one matches all).
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        let once = super::sign::percent_encode(secret);
+        let twice = super::sign::percent_encode(&once);
+        for needle in [twice.as_str(), once.as_str(), secret] {
+            out = out.replace(needle, "[REDACTED]");
+        }
+    }
+    truncate(&out, max)
 }
 
 /// Keeps an API code usable as a label value of bounded size: at most 64 characters of
@@ -112,23 +146,25 @@ pub fn classify_failure(status: StatusCode, retry_after: Option<Duration>, body:
     if let Some(e) = api_error(body, retry_after) {
         return e;
     }
-    let detail: String = String::from_utf8_lossy(&body[..body.len().min(200)])
+    // The whole body (the client's cap bounds it): cutting before [`Error::scrubbed`] could
+    // cut inside a secret.
+    let detail: String = String::from_utf8_lossy(body)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     Error::Http {
         status: status.as_u16(),
-        detail: truncate(detail.trim(), 120),
+        detail: detail.trim().to_owned(),
     }
 }
 
-/// The error an answer states in its body (`Code` and `Message`, the message cut short), if it
-/// states one; success answers of some APIs carry them too.
+/// The error an answer states in its body (`Code` and `Message`), if it states one; success
+/// answers of some APIs carry them too. The message is whole: [`Error::scrubbed`] cuts it.
 pub fn api_error(body: &[u8], retry_after: Option<Duration>) -> Option<Error> {
     let (code, message) = error_code(body)?;
     Some(Error::Api {
         code,
-        message: truncate(&message, 300),
+        message,
         retry_after,
     })
 }

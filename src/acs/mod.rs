@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 pub(crate) use client::USER_AGENT;
 pub use client::{Client, Reply};
-pub use error::{api_error, classify_failure, error_code, truncate, Error};
+pub use error::{api_error, classify_failure, error_code, scrub, truncate, Error, MESSAGE_CHARS};
 
 /// What a request is signed with, borrowed from the credentials of the moment.
 #[derive(Clone, Copy)]
@@ -33,30 +33,14 @@ impl fmt::Debug for AccessKey<'_> {
     }
 }
 
-impl AccessKey<'_> {
-    /// Every string an error message or a log line must not contain: the secret, the token and
-    /// the AccessKey id, raw and percent-encoded once and twice (a gateway's
-    /// `SignatureDoesNotMatch` message echoes the whole string to sign).
-    pub fn sensitive_strings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for s in [Some(self.secret), self.token, Some(self.id)]
+impl<'a> AccessKey<'a> {
+    /// What an error message or a log line must not contain: the secret, the token and the
+    /// AccessKey id ([`scrub`] adds their encodings).
+    pub fn secrets(&self) -> Vec<&'a str> {
+        [Some(self.secret), self.token, Some(self.id)]
             .into_iter()
             .flatten()
-        {
-            if s.len() >= 4 {
-                let once = sign::percent_encode(s);
-                let twice = sign::percent_encode(&once);
-                out.extend([s.to_owned(), once, twice]);
-            }
-        }
-        out
-    }
-
-    /// `text` with every sensitive string replaced by `[REDACTED]`.
-    pub fn redact(&self, text: String) -> String {
-        self.sensitive_strings()
-            .iter()
-            .fold(text, |acc, n| acc.replace(n.as_str(), "[REDACTED]"))
+            .collect()
     }
 }
 
@@ -125,35 +109,66 @@ mod tests {
     }
 
     #[test]
-    fn sensitive_strings_cover_encodings() {
+    fn secrets_are_the_key_id_secret_and_token() {
         let k = AccessKey {
             id: "STS.i/d",
             secret: "se/cr=t",
             token: Some("to+ken/="),
         };
-        let s = k.sensitive_strings();
-        assert!(s.contains(&"to%2Bken%2F%3D".to_owned()));
-        assert!(s.contains(&"to%252Bken%252F%253D".to_owned()));
-        assert!(
-            s.contains(&"STS.i%252Fd".to_owned()),
-            "the key id too: {s:?}"
-        );
-        assert!(s.contains(&"se/cr=t".to_owned()));
+        let mut s = k.secrets();
+        s.sort_unstable();
+        assert_eq!(s, ["STS.i/d", "se/cr=t", "to+ken/="]);
         assert!(!format!("{k:?}").contains("cr=t"));
     }
 
+    /// A token long enough that a cut at 300 characters falls inside it, echoed twice: inside
+    /// the gateway's string to sign (dropped) and in a message that echoes it plainly
+    /// (replaced). No piece of it, raw or encoded, survives.
     #[test]
-    fn signature_mismatch_message_is_redacted() {
+    fn errors_are_scrubbed_before_they_are_cut() {
+        let token: String = (0..60).map(|i| format!("tok+en/{i:02}=")).collect();
+        assert!(token.len() > 400);
         let k = AccessKey {
             id: "LTAIfakeid",
             secret: "fake-secret",
-            token: Some("tok+en/="),
+            token: Some(&token),
         };
-        let body = br#"{"Code":"SignatureDoesNotMatch","Message":"Specified signature is not matched with our calculation. server string to sign is:POST&%2F&AccessKeyId%3DLTAIfakeid%26SecurityToken%3Dtok%252Ben%252F%253D"}"#;
-        let e = classify_failure(reqwest::StatusCode::BAD_REQUEST, None, body).redact(&k);
+        let twice = sign::percent_encode(&sign::percent_encode(&token));
+        let pieces = |text: &str| -> Vec<String> {
+            [token.as_str(), twice.as_str()]
+                .iter()
+                .flat_map(|t| (0..t.len() - 12).map(move |i| t[i..i + 12].to_owned()))
+                .filter(|p| text.contains(p.as_str()))
+                .collect()
+        };
+        let signature = format!(
+            r#"{{"Code":"SignatureDoesNotMatch","Message":"Specified signature is not matched with our calculation. server string to sign is:POST&%2F&AccessKeyId%3DLTAIfakeid%26Action%3DGetRedisAllSession%26Format%3DJSON%26InstanceId%3Dr-bp1abcdefghijklmnop%26SecurityToken%3D{twice}%26SignatureMethod%3DHMAC-SHA1"}}"#
+        );
+        let e = classify_failure(reqwest::StatusCode::BAD_REQUEST, None, signature.as_bytes())
+            .scrubbed(&k);
         let text = format!("{e} {e:?}");
-        assert!(!text.contains("LTAIfakeid"), "{text}");
-        assert!(!text.contains("tok%252Ben"), "{text}");
+        assert!(pieces(&text).is_empty(), "{:?} in {text}", pieces(&text));
+        assert!(
+            !text.contains("LTAIfakeid") && !text.contains("POST&"),
+            "{text}"
+        );
+        assert!(text.contains("server string to sign […]"), "{text}");
         assert!(matches!(e, Error::Api { code, .. } if code == "SignatureDoesNotMatch"));
+
+        // The token at character 250 of a message, so the 300-character cut falls inside it.
+        let plain = format!("{}: {token} is not a valid token", "x".repeat(248));
+        for body in [
+            format!(r#"{{"Code":"InvalidSecurityToken.Malformed","Message":"{plain}"}}"#),
+            format!("<html>{plain}</html>"),
+        ] {
+            let e = classify_failure(reqwest::StatusCode::FORBIDDEN, None, body.as_bytes())
+                .scrubbed(&k);
+            let text = format!("{e} {e:?}");
+            assert!(pieces(&text).is_empty(), "{:?} in {text}", pieces(&text));
+            assert!(
+                text.contains("[REDACTED]") || text.contains('…'),
+                "neither replaced nor cut: {text}"
+            );
+        }
     }
 }

@@ -156,12 +156,12 @@ impl CredentialsConfig {
 
 /// A configured secret file must be readable and non-empty now, not at the first poll: a typo in
 /// a mounted Secret's path should stop the start (or the reload), not yield an exporter that runs
-/// and reports `code="credentials"` forever. Only the path and the I/O error are reported; the
-/// contents are read, checked and dropped.
+/// and reports `code="credentials"` forever. Only the I/O error is reported, under the key
+/// (never the path: see [`super::unreadable_file`]); the contents are read, checked and dropped.
 fn check_secret_file(path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| super::unreadable_file(&e))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(format!("{} is empty", path.display()));
+        return Err("the file is empty".into());
     }
     Ok(())
 }

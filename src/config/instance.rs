@@ -274,13 +274,13 @@ pub fn validate_instance(inst: &InstanceConfig) -> Vec<KeyError> {
     errs
 }
 
-/// Reads a password file: the first line, without its line ending. The error never holds content.
+/// Reads a password file: the first line, without its line ending. The error holds neither
+/// content nor path ([`super::unreadable_file`]); the caller names the key.
 pub fn read_password(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| super::unreadable_file(&e))?;
     let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if line.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err("the file is empty".into());
     }
     Ok(line.to_owned())
 }
@@ -310,8 +310,8 @@ impl TlsFiles {
         self.ca.is_none() && self.cert.is_none() && self.key.is_none()
     }
 
-    /// Each configured file read and parsed, under its key. Errors name the file, never its
-    /// contents (a key file is a secret).
+    /// Each configured file read and parsed, under its key. Errors say what is wrong with the
+    /// file, never its contents (a key file is a secret) nor its path.
     pub fn check(&self) -> Vec<CheckedFile> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -319,17 +319,17 @@ impl TlsFiles {
             let pem = read_file(path)?;
             let n = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| format!("{} holds a malformed PEM certificate", path.display()))?
+                .map_err(|_| "the file holds a malformed PEM certificate".to_owned())?
                 .len();
             if n == 0 {
-                return Err(format!("{} holds no PEM certificate", path.display()));
+                return Err("the file holds no PEM certificate".into());
             }
             Ok(pem)
         };
         let key = |path: &Path| {
             let pem = read_file(path)?;
             PrivateKeyDer::from_pem_slice(&pem)
-                .map_err(|_| format!("{} holds no PEM private key", path.display()))?;
+                .map_err(|_| "the file holds no PEM private key".to_owned())?;
             Ok(pem)
         };
         let mut out = Vec::new();
@@ -347,7 +347,7 @@ impl TlsFiles {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    std::fs::read(path).map_err(|e| super::unreadable_file(&e))
 }
 
 #[cfg(test)]
@@ -436,7 +436,7 @@ pub(crate) mod tests {
         assert_eq!(validate_instance(&inst), vec![]);
 
         // Each file holding the other kind of PEM is refused under its own key, and the error
-        // names the file without showing what is in it.
+        // shows neither what is in it nor its path (the key names it).
         inst.tls_ca_file = Some(key_file.clone());
         inst.tls_key_file = Some(cert_file.clone());
         let errs = validate_instance(&inst);
@@ -445,7 +445,8 @@ pub(crate) mod tests {
         assert!(errs
             .iter()
             .all(|e| !e.reason.contains("PRIVATE KEY") && !e.reason.contains("BEGIN")));
-        assert!(errs[0].reason.contains("k.pem"), "{errs:?}");
+        assert!(errs[0].reason.contains("no PEM certificate"), "{errs:?}");
+        assert!(errs.iter().all(|e| !e.reason.contains(".pem")), "{errs:?}");
 
         // Only with TLS.
         inst.tls_ca_file = Some(cert_file);

@@ -31,11 +31,26 @@ pub use instance::{
     SourceKind, TlsFiles,
 };
 
+/// Why the file a `*_file` key names cannot be read. The value given to the key is never
+/// repeated: it may be the secret itself, pasted where its path belonged. The key (which the
+/// caller names) and the OS's reason are enough to find it.
+pub fn unreadable_file(e: &std::io::Error) -> String {
+    format!("cannot read the file: {e}")
+}
+
 /// The largest value any count limit may take (`[limits]`, `server.max_connections`).
 pub const MAX_LIMIT: usize = 100_000;
 
 /// The longest any `[server]` timeout may be.
 const MAX_SERVER_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Upper bounds of the `[poll]` and `[das]` knobs. Past them a value is a typo, not a choice,
+/// and the arithmetic of the scheduler (instants, permits, rates) is only ever fed values it
+/// can hold; a reload that breaks one is rejected like any invalid file.
+pub const MAX_CONCURRENCY: usize = 1024;
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
+pub const MAX_DAS_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Prefix of the environment overrides; `__` separates section and key.
 pub const ENV_PREFIX: &str = "REDIS_SESSION_EXPORTER_";
@@ -121,6 +136,18 @@ pub struct Limits {
     /// on, so that every fold built for these limits keeps per-client figures.
     #[serde(skip)]
     pub client_idle_threshold: Option<u64>,
+}
+
+impl Limits {
+    /// Every `[limits]` key with its value, for checks that apply to all of them.
+    pub fn named(&self) -> [(&'static str, usize); 4] {
+        [
+            ("limits.max_sources", self.max_sources),
+            ("limits.max_commands", self.max_commands),
+            ("limits.max_client_names", self.max_client_names),
+            ("limits.max_workloads", self.max_workloads),
+        ]
+    }
 }
 
 impl Default for Limits {
@@ -357,8 +384,12 @@ impl Config {
                 );
             }
         }
-        if self.das.timeout.is_zero() {
-            push(&mut errs, "das.timeout", "must be greater than zero".into());
+        if self.das.timeout.is_zero() || self.das.timeout > MAX_DAS_TIMEOUT {
+            push(
+                &mut errs,
+                "das.timeout",
+                "must be greater than zero and at most 10m".into(),
+            );
         }
         if self.das.max_body_bytes < 1024 {
             push(
@@ -369,18 +400,36 @@ impl Config {
         }
         if self.poll.interval < Duration::from_secs(1) {
             push(&mut errs, "poll.interval", "must be at least 1s".into());
+        } else if self.poll.interval > MAX_INTERVAL {
+            push(&mut errs, "poll.interval", "must be at most 24h".into());
         }
         if self.poll.concurrency == 0 {
             push(&mut errs, "poll.concurrency", "must be at least 1".into());
+        } else if self.poll.concurrency > MAX_CONCURRENCY {
+            push(
+                &mut errs,
+                "poll.concurrency",
+                format!("must be at most {MAX_CONCURRENCY}"),
+            );
         }
-        if !(self.poll.max_requests_per_second.is_finite()
-            && self.poll.max_requests_per_second > 0.0)
-        {
+        let rate = self.poll.max_requests_per_second;
+        if !(rate.is_finite() && rate > 0.0) {
             push(
                 &mut errs,
                 "poll.max_requests_per_second",
                 "must be a number greater than zero".into(),
             );
+        } else if rate > MAX_REQUESTS_PER_SECOND {
+            push(
+                &mut errs,
+                "poll.max_requests_per_second",
+                format!("must be at most {MAX_REQUESTS_PER_SECOND}"),
+            );
+        }
+        for (key, value) in self.limits.named() {
+            if value > MAX_LIMIT {
+                push(&mut errs, key, format!("must be at most {MAX_LIMIT}"));
+            }
         }
         errs.extend(self.credentials.validate());
 
@@ -793,6 +842,62 @@ mod tests {
         assert!(text.contains("poll.interval"), "{text}");
     }
 
+    /// Each bound accepts its limit and refuses just past it, naming the key; values far past
+    /// any bound (the largest TOML integer, a duration of centuries) are refused, not a panic.
+    #[test]
+    fn upper_bounds_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[poll]\nconcurrency = {}\n", "1024", "1025"),
+            ("[poll]\nconcurrency = {}\n", "1", "9223372036854775807"),
+            ("[poll]\ninterval = \"{}\"\n", "24h", "24h 1s"),
+            ("[poll]\ninterval = \"{}\"\n", "1s", "500years"),
+            ("[poll]\nmax_requests_per_second = {}\n", "10000", "10000.5"),
+            ("[poll]\nmax_requests_per_second = {}\n", "0.001", "1e300"),
+            ("[das]\ntimeout = \"{}\"\n", "10m", "601s"),
+            ("[limits]\nmax_sources = {}\n", "100000", "100001"),
+            ("[limits]\nmax_commands = {}\n", "100000", "100001"),
+            ("[limits]\nmax_client_names = {}\n", "100000", "100001"),
+            (
+                "[limits]\nmax_workloads = {}\n",
+                "100000",
+                "9223372036854775807",
+            ),
+        ];
+        for (template, ok, bad) in cases {
+            let section = template.split(']').next().unwrap().trim_start_matches('[');
+            let name = template
+                .split('\n')
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            let key = format!("`{section}.{name}`");
+            load(&format!("{}{MINIMAL}", template.replace("{}", ok)))
+                .unwrap_or_else(|e| panic!("{key} = {ok} refused: {e}"));
+            let text = error_text(load(&format!("{}{MINIMAL}", template.replace("{}", bad))));
+            assert!(
+                text.contains(&key) && text.contains("at most"),
+                "{key} = {bad}: {text}"
+            );
+        }
+    }
+
+    /// `Limits::named` lists every `[limits]` key, so a bound on all of them covers a new one.
+    #[test]
+    fn every_limit_is_named() {
+        let table = toml::Table::try_from(Limits::default()).unwrap();
+        let mut keys: Vec<String> = table.keys().map(|k| format!("limits.{k}")).collect();
+        let mut named: Vec<String> = Limits::default()
+            .named()
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        keys.sort();
+        named.sort();
+        assert_eq!(keys, named);
+    }
+
     /// A refusal names the key and the kind of value, never the value (a secret put under the
     /// wrong key, or on the line a syntax error is on) nor figment's names for its sources.
     #[test]
@@ -855,15 +960,22 @@ mod tests {
                 p.display().to_string()
             )
         };
+        // A secret pasted where its path belonged: named by key, never printed back.
+        let pasted = PathBuf::from("LTAI5tPastedSecretNotAPath");
         for (p, why) in [
-            (&missing, "cannot read"),
-            (&dir.path().to_owned(), "cannot read"),
-            (&empty, "is empty"),
+            (&missing, "cannot read the file: No such file"),
+            (&dir.path().to_owned(), "cannot read the file"),
+            (&empty, "the file is empty"),
+            (&pasted, "cannot read the file: No such file"),
         ] {
             let text = error_text(load(&cfg(p)));
             assert!(
                 text.contains("`credentials.access_key_secret_file`") && text.contains(why),
                 "{text}"
+            );
+            assert!(
+                !text.contains(p.to_str().unwrap()),
+                "the value printed: {text}"
             );
         }
         load(&cfg(&good)).unwrap();

@@ -549,16 +549,15 @@ fn static_from_config(
         .ok_or_else(|| fail("credentials.access_key_secret_file is not set".into()))?;
     let secret = std::fs::read_to_string(path).map_err(|e| {
         fail(format!(
-            "credentials.access_key_secret_file {}: {e}",
-            path.display()
+            "credentials.access_key_secret_file: {}",
+            crate::config::unreadable_file(&e)
         ))
     })?;
     let secret = secret.trim_end_matches(['\r', '\n']).to_owned();
     if secret.is_empty() {
-        return Err(fail(format!(
-            "credentials.access_key_secret_file {} is empty",
-            path.display()
-        )));
+        return Err(fail(
+            "credentials.access_key_secret_file: the file is empty".into(),
+        ));
     }
     Ok(Arc::new(StaticProvider::new(Credentials::new(
         id, secret, None,

@@ -116,20 +116,15 @@ struct StsAnswer {
     credentials: Option<StsCredentials>,
 }
 
-/// Reads an STS answer. Error messages are cut short and have `scrub` removed from them.
+/// Reads an STS answer. Error messages have `secrets` (raw and encoded) removed from them,
+/// then are cut short ([`acs::scrub`]).
 pub fn parse_answer(
     provider: &'static str,
     status: u16,
     body: &[u8],
-    scrub: &[&str],
+    secrets: &[&str],
 ) -> Result<Credentials, CredentialError> {
-    let clean = |s: &str| {
-        let mut s: String = s.chars().take(300).collect();
-        for n in scrub.iter().filter(|n| n.len() >= 4) {
-            s = s.replace(n, "[REDACTED]");
-        }
-        s
-    };
+    let clean = |s: &str| acs::scrub(s, secrets, acs::MESSAGE_CHARS);
     if (200..300).contains(&status) {
         if let Ok(StsAnswer {
             credentials: Some(c),
@@ -224,14 +219,17 @@ impl Fetch for OidcFetcher {
             let token = tokio::fs::read_to_string(path).await.map_err(|e| {
                 CredentialError::failed(
                     self.name,
-                    format!("cannot read the OIDC token file {}: {e}", path.display()),
+                    format!(
+                        "the OIDC token file: {}",
+                        crate::config::unreadable_file(&e)
+                    ),
                 )
             })?;
             let token = SecretString::from(token.trim().to_owned());
             if token.expose_secret().is_empty() {
                 return Err(CredentialError::failed(
                     self.name,
-                    format!("the OIDC token file {} is empty", path.display()),
+                    "the OIDC token file is empty",
                 ));
             }
             let (query, form) = request(
@@ -247,12 +245,11 @@ impl Fetch for OidcFetcher {
                 .map_err(|e| {
                     CredentialError::failed(self.name, format!("STS request failed: {e}"))
                 })?;
-            let encoded = sign::percent_encode(token.expose_secret());
             parse_answer(
                 self.name,
                 reply.status.as_u16(),
                 &reply.body,
-                &[token.expose_secret(), &encoded],
+                &[token.expose_secret()],
             )
         })
     }
@@ -317,6 +314,26 @@ mod tests {
         assert!(e.contains("AuthenticationFail.OIDCToken.Invalid"), "{e}");
         assert!(!e.contains("eyJsecret"), "{e}");
         assert!(parse_answer("oidc", 502, b"<html>", &[]).is_err());
+
+        // A JWT long enough that the 300-character cut falls inside it, echoed at character
+        // 250, raw and form-encoded: no piece of it survives.
+        let jwt = format!("eyJ{}.eyJ{}.sig", "a1b2".repeat(100), "c3+d/".repeat(60));
+        let encoded = sign::percent_encode(&jwt);
+        for echo in [&jwt, &encoded] {
+            let body = format!(
+                r#"{{"Code":"AuthenticationFail.OIDCToken.Invalid","Message":"{}: {echo}"}}"#,
+                "y".repeat(248)
+            );
+            let e = parse_answer("oidc", 400, body.as_bytes(), &[&jwt])
+                .unwrap_err()
+                .to_string();
+            for t in [&jwt, &encoded] {
+                for i in 0..t.len() - 12 {
+                    assert!(!e.contains(&t[i..i + 12]), "{} in {e}", &t[i..i + 12]);
+                }
+            }
+            assert!(e.contains("[REDACTED]") || e.ends_with('…'), "{e}");
+        }
         assert!(parse_expiration("2030-01-01T00:00:00.5Z").is_some());
         assert!(parse_expiration("tomorrow").is_none());
     }

@@ -430,13 +430,14 @@ fn conclude(env: Envelope, fold: Fold, limits: &Limits) -> Result<Snapshot, Deco
     if let Some(code) = env.code.as_deref().filter(|c| !is_ok_code(c)) {
         return Err(DecodeError::Api {
             code: code.to_owned(),
-            message: truncate(env.message.as_deref().unwrap_or_default(), 300),
+            // Whole: cutting comes after scrubbing (`acs::Error::scrubbed`).
+            message: env.message.unwrap_or_default(),
         });
     }
     if env.success == Some(false) {
         return Err(DecodeError::Invalid(format!(
             "Success is false: {}",
-            truncate(env.message.as_deref().unwrap_or("no message"), 200)
+            env.message.as_deref().unwrap_or("no message")
         )));
     }
     match env.data {

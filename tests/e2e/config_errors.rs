@@ -30,9 +30,16 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("body cap too small", "[das]\nmax_body_bytes = 10\n[[instances]]\nid = \"r-a\"\n", "das.max_body_bytes", "at least"),
     ("endpoint not a URL", "[das]\nendpoint = \"not a url\"\n[[instances]]\nid = \"r-a\"\n", "das.endpoint", "not an http"),
     ("unknown provider", "[credentials]\nprovider = \"magic\"\n[[instances]]\nid = \"r-a\"\n", "credentials.provider", "unknown provider"),
-    ("missing secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/nonexistent/secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read /nonexistent/secret"),
-    ("secret file is a directory", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read /"),
-    ("empty secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"empty-secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "is empty"),
+    ("missing secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/nonexistent/secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read the file: No such file"),
+    ("secret file is a directory", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"/\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "cannot read the file"),
+    ("empty secret file", "[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"empty-secret\"\n[[instances]]\nid = \"r-a\"\n", "credentials.access_key_secret_file", "the file is empty"),
+    ("concurrency above 1024", "[poll]\nconcurrency = 1025\n[[instances]]\nid = \"r-a\"\n", "poll.concurrency", "at most 1024"),
+    ("interval above 24h", "[poll]\ninterval = \"25h\"\n[[instances]]\nid = \"r-a\"\n", "poll.interval", "at most 24h"),
+    ("interval of centuries", "[poll]\ninterval = \"500years\"\n[[instances]]\nid = \"r-a\"\n", "poll.interval", "at most 24h"),
+    ("rate above 10000", "[poll]\nmax_requests_per_second = 10001\n[[instances]]\nid = \"r-a\"\n", "poll.max_requests_per_second", "at most 10000"),
+    ("das timeout above 10m", "[das]\ntimeout = \"11m\"\n[[instances]]\nid = \"r-a\"\n", "das.timeout", "at most 10m"),
+    ("a limit above 100000", "[limits]\nmax_client_names = 100001\n[[instances]]\nid = \"r-a\"\n", "limits.max_client_names", "at most 100000"),
+    ("the largest integer as a limit", "[limits]\nmax_workloads = 9223372036854775807\n[[instances]]\nid = \"r-a\"\n", "limits.max_workloads", "at most 100000"),
     ("not TOML", "[poll\ninterval = 1\n", "", "TOML syntax error at line 1, column 6"),
 ];
 
@@ -142,4 +149,78 @@ fn a_readable_secret_file_is_accepted_and_never_printed() {
     let out = p.output();
     assert!(status.success(), "{out}");
     assert!(!out.contains("hunter2"), "{out}");
+}
+
+/// A secret pasted where its file's path belonged: every `*_file` key that cannot be read is
+/// named with the reason, and the value is never printed back, by `check-config` or the daemon.
+#[test]
+fn a_secret_pasted_into_a_file_key_is_never_printed() {
+    const PASTED: &str = "LTAI5tPastedSecretNotAPath0123";
+    let cases = [
+        (
+            format!("[credentials]\nprovider = \"static\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"{PASTED}\"\n[[instances]]\nid = \"r-a\"\n"),
+            "credentials.access_key_secret_file",
+        ),
+        (
+            format!("[[instances]]\nid = \"r-a\"\nsource = \"direct\"\naddress = \"redis://h:1\"\npassword_file = \"{PASTED}\"\n"),
+            "instances[0].password_file",
+        ),
+        (
+            format!("[[instances]]\nid = \"r-a\"\nsource = \"direct\"\naddress = \"rediss://h:1\"\ntls_ca_file = \"{PASTED}\"\n"),
+            "instances[0].tls_ca_file",
+        ),
+    ];
+    for (config, key) in &cases {
+        for args in [
+            &["--config", "config.toml", "check-config"][..],
+            &["--config", "config.toml", "--listen", "127.0.0.1:0"][..],
+        ] {
+            let (ok, out) = run(args, config);
+            assert!(!ok, "{key} {args:?}: accepted\n{out}");
+            assert!(
+                out.contains(&format!("`{key}`: cannot read the file: No such file")),
+                "{key} {args:?}: {out}"
+            );
+            assert!(
+                !out.contains(PASTED),
+                "{key} {args:?}: the value printed: {out}"
+            );
+        }
+    }
+}
+
+/// Out-of-range values sent by reload: each is rejected with its key named (400), nothing
+/// panics, and the control loop lives on: a good file afterwards is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_values_are_rejected_by_a_reload_and_the_daemon_lives_on() {
+    let base = "[das]\nendpoint = \"http://127.0.0.1:9\"\n[poll]\ninterval = \"1h\"\n";
+    let (exp, addr) = start_exporter_with(
+        &format!("{base}[[instances]]\nid = \"r-a\"\n"),
+        &[],
+        &[LIFECYCLE],
+    );
+    let write = |text: &str| std::fs::write(exp.dir.join("config.toml"), text).unwrap();
+    for (what, config, key, reason) in CASES {
+        if !reason.starts_with("at most") {
+            continue;
+        }
+        write(config);
+        let (status, body) = post(addr, "/-/reload").await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(
+            body.contains(&format!("`{key}`")) && body.contains(reason),
+            "{what}: {body}"
+        );
+    }
+    write(&format!(
+        "{base}[[instances]]\nid = \"r-a\"\n[[instances]]\nid = \"r-b\"\n"
+    ));
+    let (status, body) = post(addr, "/-/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let line = exp.wait_for_line("configuration reloaded", Duration::from_secs(10));
+    assert!(
+        line.contains("instances=2"),
+        "the good file applied: {line}"
+    );
+    assert!(!exp.output().contains("panicked"), "{}", exp.output());
 }

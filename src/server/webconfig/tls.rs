@@ -14,6 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 use super::{key_err, resolve, ClientAuth, FileTls, WebConfigError};
+use crate::config::unreadable_file;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -98,7 +99,7 @@ pub(super) fn tls_config(
             store.add(cert).map_err(|e| {
                 key_err(
                     "tls_server_config.client_ca_file",
-                    format!("{}: {e}", path.display()),
+                    format!("a certificate in the file is unusable: {e}"),
                 )
             })?;
         }
@@ -143,16 +144,18 @@ pub(super) fn tls_config(
 }
 
 fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, WebConfigError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| key_err(key, format!("{}: {e}", path.display())))?;
+    // Errors never repeat the path: see `config::unreadable_file`.
+    let bytes = std::fs::read(path).map_err(|e| key_err(key, unreadable_file(&e)))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| key_err(key, format!("{}: {e}", path.display())))?;
+        .map_err(|e| {
+            key_err(
+                key,
+                format!("the file holds a malformed PEM certificate: {e}"),
+            )
+        })?;
     if certs.is_empty() {
-        return Err(key_err(
-            key,
-            format!("{}: no PEM certificate in the file", path.display()),
-        ));
+        return Err(key_err(key, "no PEM certificate in the file"));
     }
     Ok(certs)
 }
@@ -239,16 +242,18 @@ fn load_certified_key(
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, WebConfigError> {
     let chain = read_certs("tls_server_config.cert_file", cert_path)?;
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+    let pem = std::fs::read(key_path)
+        .map_err(|e| key_err("tls_server_config.key_file", unreadable_file(&e)))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
         key_err(
             "tls_server_config.key_file",
-            format!("{}: {e}", key_path.display()),
+            "the file holds no PEM private key",
         )
     })?;
     CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         key_err(
             "tls_server_config.key_file",
-            format!("{}: {e}", key_path.display()),
+            format!("the key cannot be used with the certificate: {e}"),
         )
     })
 }
