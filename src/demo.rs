@@ -56,6 +56,8 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
         .map(|id| {
             let mut i = InstanceConfig::new(*id);
             i.labels.insert("env".into(), "demo".into());
+            // The limit of the smallest standard classes, so the utilization panel has data.
+            i.max_connections = Some(10_000);
             i
         })
         .collect();

@@ -77,6 +77,8 @@ pub fn effective<K>(
                 labels.extend(i.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
                 InstanceConfig {
                     labels,
+                    // A configured limit overrides the inventory's.
+                    max_connections: i.max_connections.or(found.max_connections),
                     ..i.clone()
                 }
             }
@@ -119,6 +121,24 @@ mod tests {
             e[0].labels["region"], "cn-hangzhou",
             "inventory labels kept"
         );
+    }
+
+    #[test]
+    fn a_configured_limit_wins_over_the_inventorys() {
+        let mut inventory = InstanceConfig::new("r-a");
+        inventory.max_connections = Some(30_000);
+        let mut limited = InstanceConfig::new("r-b");
+        limited.max_connections = Some(10_000);
+        let discovered: BTreeMap<String, Vec<InstanceConfig>> = [(
+            "d0/cn-hangzhou".to_owned(),
+            vec![inventory, limited.clone()],
+        )]
+        .into();
+        limited.max_connections = Some(500);
+        let configured = [InstanceConfig::new("r-a"), limited];
+        let e = effective(&configured, &discovered, Sharding::default());
+        let limits: Vec<Option<u64>> = e.iter().map(|i| i.max_connections).collect();
+        assert_eq!(limits, [Some(30_000), Some(500)]);
     }
 
     #[test]

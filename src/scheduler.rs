@@ -70,6 +70,8 @@ pub struct InstanceState {
     pub last_success_unix: Option<f64>,
     pub snapshot_timestamp_unix: Option<f64>,
     pub last_duration_seconds: Option<f64>,
+    /// The connection limit the source reported at the last successful poll.
+    pub reported_max_connections: Option<u64>,
     /// The code of the last failure while the instance is failing; `None` while healthy.
     failing_with: Option<String>,
     polled: bool,
@@ -418,6 +420,7 @@ fn record(
         Ok(snap) => {
             st.last_success_unix = Some(now);
             st.snapshot_timestamp_unix = snap.timestamp_ms.map(|ms| ms as f64 / 1000.0);
+            st.reported_max_connections = snap.max_connections;
             if let Some(code) = st.failing_with.take() {
                 tracing::info!(instance_id = %inst.id, previous_code = %code, "instance recovered");
             }
@@ -450,7 +453,9 @@ fn record(
             last_success_unix: st.last_success_unix,
             snapshot_timestamp_unix: st.snapshot_timestamp_unix,
             last_duration_seconds: st.last_duration_seconds,
-            max_connections: None,
+            // A configured (or discovered) limit wins over what the source reports: it is how an
+            // operator corrects a limit the server misstates (a proxy in front allowing fewer).
+            max_connections: inst.max_connections.or(st.reported_max_connections),
         }),
     }
 }

@@ -479,6 +479,7 @@ impl Fold {
                 total_memory: self.tot_mem,
                 subscriptions_shard: self.ssub,
             }),
+            max_connections: None,
         }
     }
 }
@@ -549,6 +550,9 @@ pub struct Snapshot {
     pub by_workload: Option<Vec<(Workload, ClientFigures)>>,
     /// Present only when the source reports direct-only fields.
     pub direct: Option<DirectFigures>,
+    /// The connection limit the source itself reported (the direct source: the nodes'
+    /// `maxclients`, summed); `None` when it did not say.
+    pub max_connections: Option<u64>,
 }
 
 /// Figures only a direct (CLIENT LIST) source can give.

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::KeyError;
 
+/// The largest `max_connections` accepted: far above any instance class, low enough to catch a
+/// typo.
+pub const MAX_CONNECTIONS: u64 = 100_000_000;
+
 /// Where an instance's sessions come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,6 +33,11 @@ pub struct InstanceConfig {
     /// Extra labels for `redis_session_instance_info`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The instance's connection limit, exported as `redis_session_instance_max_connections`;
+    /// absent means unknown (discovery fills it from `Connections`, the direct source from
+    /// `CONFIG GET maxclients`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
     // The keys below are for `source = "direct"` only (validation refuses them elsewhere).
     /// `redis://host:port` or `rediss://host:port` (TLS); the cluster seed with `cluster = true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,6 +76,7 @@ impl InstanceConfig {
             id: id.into(),
             source: SourceKind::Das,
             labels: BTreeMap::new(),
+            max_connections: None,
             address: None,
             username: None,
             password_file: None,
@@ -146,6 +156,15 @@ pub fn parse_endpoint(text: &str, tls: bool) -> Result<Endpoint, String> {
 /// `nodes[1]`, …).
 pub fn validate_instance(inst: &InstanceConfig) -> Vec<KeyError> {
     let mut errs = Vec::new();
+    if inst
+        .max_connections
+        .is_some_and(|n| !(1..=MAX_CONNECTIONS).contains(&n))
+    {
+        errs.push(KeyError::new(
+            "max_connections",
+            format!("must be between 1 and {MAX_CONNECTIONS} (leave it out when unknown)"),
+        ));
+    }
     if inst.source != SourceKind::Direct {
         let set: [(&str, bool); 9] = [
             ("address", inst.address.is_some()),

@@ -732,6 +732,9 @@ mod tests {
             [[instances]]
             id = "r-a"
             labels = { env = "prod", team = "x" }
+            [[instances]]
+            id = "r-b"
+            max_connections = 40000
             "#,
         )
         .unwrap();
@@ -740,6 +743,8 @@ mod tests {
         assert_eq!(c.limits.max_sources, 3);
         assert_eq!(c.limits.max_commands, 100);
         assert_eq!(c.instances[0].labels["env"], "prod");
+        assert_eq!(c.instances[0].max_connections, None, "unknown unless set");
+        assert_eq!(c.instances[1].max_connections, Some(40_000));
     }
 
     #[test]
@@ -803,6 +808,18 @@ mod tests {
                 "instances[0].labels.__x",
             ),
             ("[[instances]]\nidd = \"a\"\n", "instances[0].idd"),
+            (
+                "[[instances]]\nid = \"a\"\nmax_connections = 0\n",
+                "instances[0].max_connections",
+            ),
+            (
+                "[[instances]]\nid = \"a\"\n[[instances]]\nid = \"b\"\nmax_connections = 100000001\n",
+                "instances[1].max_connections",
+            ),
+            (
+                "[[instances]]\nid = \"a\"\nmax_connections = -5\n",
+                "instances[0].max_connections",
+            ),
             ("[das]\nendpoint = \"ftp://x\"\n", "das.endpoint"),
             (
                 "[credentials]\naccess_key_secret = \"oops-not-here\"\n",

@@ -188,16 +188,26 @@ impl DirectSource {
         };
         let endpoints = self.endpoints(inst, &auth, timeout).await?;
         let nodes: Vec<Arc<NodeClient>> = endpoints.iter().map(|e| self.node(e, &auth)).collect();
+        // Both commands go out together on each node's connection: the limit costs no extra
+        // round trip.
         let replies =
-            futures_util::future::join_all(nodes.iter().map(|n| n.client_list(timeout))).await;
+            futures_util::future::join_all(nodes.iter().map(|n| {
+                futures_util::future::join(n.client_list(timeout), n.maxclients(timeout))
+            }))
+            .await;
         let mut fold = Fold::for_limits(limits);
-        for (node, reply) in nodes.iter().zip(replies) {
+        let mut limit = Some(0u64);
+        for (node, (reply, maxclients)) in nodes.iter().zip(replies) {
             // One node failing fails the poll: partial figures would look like a drop in sessions.
             let (text, own_id) = reply?;
             fold_client_list(&mut fold, node.node_id(), &text, own_id);
+            // The instance holds at most the sum of its nodes' limits; one unknown makes it unknown.
+            limit = limit.zip(maxclients).map(|(sum, n)| sum.saturating_add(n));
         }
         let now_ms = crate::clock::unix_millis(SystemTime::now());
-        Ok(fold.finish(limits, None, Some(now_ms)))
+        let mut snap = fold.finish(limits, None, Some(now_ms));
+        snap.max_connections = limit.filter(|&n| n > 0);
+        Ok(snap)
     }
 }
 

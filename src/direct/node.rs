@@ -213,6 +213,15 @@ impl NodeClient {
         cmd: &redis::Cmd,
         timeout: Duration,
     ) -> Result<(String, Option<u64>), PollError> {
+        self.query(cmd, timeout).await
+    }
+
+    /// [`Self::query_text`] for any reply type.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+    ) -> Result<(T, Option<u64>), PollError> {
         *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let (mut conn, own_id) = {
             let mut guard = self.conn.lock().await;
@@ -228,7 +237,7 @@ impl NodeClient {
                 }
             }
         };
-        let result: Result<String, RedisError> =
+        let result: Result<T, RedisError> =
             match tokio::time::timeout(timeout, cmd.query_async(&mut conn)).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -258,6 +267,23 @@ impl NodeClient {
     pub async fn client_list(&self, timeout: Duration) -> Result<(String, Option<u64>), PollError> {
         self.query_text(&redis::cmd("CLIENT").arg("LIST").clone(), timeout)
             .await
+    }
+
+    /// The node's `maxclients`, when `CONFIG GET` is allowed: an ACL user without `+config|get`,
+    /// a managed service that renames or disables CONFIG, or any other failure means unknown,
+    /// never a failed poll.
+    pub async fn maxclients(&self, timeout: Duration) -> Option<u64> {
+        let cmd = redis::cmd("CONFIG").arg("GET").arg("maxclients").clone();
+        match self
+            .query::<std::collections::HashMap<String, String>>(&cmd, timeout)
+            .await
+        {
+            Ok((reply, _)) => reply.get("maxclients")?.trim().parse().ok(),
+            Err(e) => {
+                tracing::debug!(node = %self.endpoint.node_id, error = %e, "CONFIG GET maxclients refused; connection limit unknown");
+                None
+            }
+        }
     }
 }
 

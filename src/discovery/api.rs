@@ -73,9 +73,27 @@ pub struct InventoryInstance {
     pub instance_status: String,
     pub instance_type: String,
     pub region_id: String,
+    /// The instance class's connection limit; a number or a numeric string, absent (or 0) when
+    /// unknown.
+    #[serde(
+        deserialize_with = "lenient_count",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connections: Option<u64>,
     /// Absent when the API leaves tags out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<Tags>,
+}
+
+/// A count that may come as a number or a string; anything else (a negative, a fraction, text)
+/// is unknown rather than a failed refresh.
+fn lenient_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|&n| n > 0))
 }
 
 /// `{"Tag": [{"Key": …, "Value": …}]}`
@@ -215,6 +233,7 @@ pub fn select(
 pub fn to_instance(i: &InventoryInstance, region: &str) -> InstanceConfig {
     let mut inst = InstanceConfig::new(i.instance_id.trim());
     inst.source = SourceKind::Das;
+    inst.max_connections = i.connections;
     let l = &mut inst.labels;
     let region = if i.region_id.is_empty() {
         region
@@ -265,6 +284,7 @@ mod tests {
             instance_status: "Normal".into(),
             instance_type: "Redis".into(),
             region_id: region.into(),
+            connections: None,
             tags: Some(Tags {
                 tag: tags
                     .iter()
@@ -426,6 +446,27 @@ mod tests {
         assert_eq!(code(b"{}"), "invalid_response");
         let empty = decode_page(br#"{"Instances":{},"TotalCount":0}"#).unwrap();
         assert!(empty.instances.is_empty());
+    }
+
+    #[test]
+    fn the_connection_limit_comes_from_connections() {
+        let body = br#"{"TotalCount":6,"Instances":{"KVStoreInstance":[
+            {"InstanceId":"r-num","Connections":20000},
+            {"InstanceId":"r-str","Connections":" 80000 "},
+            {"InstanceId":"r-none"},
+            {"InstanceId":"r-zero","Connections":0},
+            {"InstanceId":"r-neg","Connections":-1},
+            {"InstanceId":"r-text","Connections":"many"}]}}"#;
+        let p = decode_page(body).unwrap();
+        let limits: Vec<Option<u64>> = p.instances.iter().map(|i| i.connections).collect();
+        assert_eq!(limits, [Some(20_000), Some(80_000), None, None, None, None]);
+        let b = block("regions = [\"cn-hangzhou\"]");
+        let got: BTreeMap<String, Option<u64>> = select(&b, "cn-hangzhou", &p.instances)
+            .into_iter()
+            .map(|i| (i.id, i.max_connections))
+            .collect();
+        assert_eq!(got["r-str"], Some(80_000));
+        assert_eq!(got["r-none"], None);
     }
 
     #[test]

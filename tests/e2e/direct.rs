@@ -338,6 +338,99 @@ async fn every_figure_matches_the_clients_opened() {
     drop(exporter_proc);
 }
 
+/// `maxclients` of a server, as `CONFIG GET` tells an admin.
+fn maxclients(r: &Redis) -> f64 {
+    let reply = r.admin(&["CONFIG", "GET", "maxclients"]);
+    reply
+        .lines()
+        .rev()
+        .find(|l| !l.is_empty())
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("CONFIG GET maxclients: {reply:?}"))
+}
+
+/// `redis_session_instance_max_connections`: the server's `maxclients` when the ACL allows
+/// `CONFIG GET`, absent (and the poll fine) when it does not, and a configured `max_connections`
+/// over either, for direct and DAS instances alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_connection_limit_is_maxclients_when_the_acl_allows_it() {
+    let r = Redis::start(&["--maxclients", "4321"]);
+    assert_eq!(maxclients(&r), 4321.0);
+    let ok = r.admin(&[
+        "ACL",
+        "SETUSER",
+        "exporter",
+        "on",
+        ">s3cret-pw",
+        "+client|list",
+        "+client|setname",
+        "+client|id",
+    ]);
+    assert!(ok.contains("OK"), "{ok}");
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("pw");
+    std::fs::write(&password, "s3cret-pw\n").unwrap();
+    let (_sim, sim) = start_simulator("sessions = 3\n");
+    let direct = |id: &str, extra: &str| {
+        format!(
+            "[[instances]]\nid = \"{id}\"\nsource = \"direct\"\naddress = \"redis://127.0.0.1:{}\"\n{extra}\n",
+            r.port
+        )
+    };
+    let cfg = format!(
+        "[das]\nendpoint = \"http://{sim}\"\ntimeout = \"5s\"\n[poll]\ninterval = \"1s\"\n\
+         max_requests_per_second = 50\n{}{}{}\
+         [[instances]]\nid = \"r-das-limit\"\nmax_connections = 1234\n\
+         [[instances]]\nid = \"r-das-unknown\"\n",
+        direct("r-maxclients", ""),
+        direct(
+            "r-no-config",
+            &format!(
+                "username = \"exporter\"\npassword_file = \"{}\"",
+                password.display()
+            )
+        ),
+        direct("r-configured", "max_connections = 777"),
+    );
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    let ids = [
+        "r-maxclients",
+        "r-no-config",
+        "r-configured",
+        "r-das-limit",
+        "r-das-unknown",
+    ];
+    let text = scrape_until((&exporter_proc, exporter), "two polls of each", |t| {
+        ids.iter().all(|id| {
+            by_labels(t, "redis_session_exporter_polls_total", id)
+                .get("")
+                .is_some_and(|n| *n >= 2.0)
+        })
+    })
+    .await;
+    let limit = |id| by_labels(&text, "redis_session_instance_max_connections", id);
+    assert_eq!(limit("r-maxclients"), map(&[("", 4321.0)]));
+    assert_eq!(limit("r-configured"), map(&[("", 777.0)]));
+    assert_eq!(limit("r-das-limit"), map(&[("", 1234.0)]));
+    assert_eq!(
+        limit("r-no-config"),
+        map(&[]),
+        "CONFIG not allowed: unknown"
+    );
+    assert_eq!(limit("r-das-unknown"), map(&[]));
+    for id in ids {
+        assert_eq!(
+            by_labels(&text, "redis_session_up", id),
+            map(&[("", 1.0)]),
+            "{id}"
+        );
+        assert!(
+            by_labels(&text, "redis_session_exporter_poll_errors_total", id).is_empty(),
+            "{id}: a refused CONFIG GET is no error"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn acl_user_wrong_password_and_missing_permission() {
     let r = Redis::start(&[]);
@@ -617,6 +710,12 @@ async fn cluster_nodes_are_found_labelled_and_outlive_the_seed() {
             ("client_name=\"on-1\"", 2.0),
             ("client_name=\"on-2\"", 3.0)
         ])
+    );
+    // The instance's connection limit: every node's maxclients, summed.
+    let limit: f64 = nodes.iter().map(maxclients).sum();
+    assert_eq!(
+        by_labels(&text, "redis_session_instance_max_connections", "r-cluster"),
+        map(&[("", limit)])
     );
 
     // The seed (node 1, with its two clients) dies.

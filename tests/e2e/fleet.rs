@@ -50,7 +50,14 @@ fn inventory(n: usize, prefix: &str) -> Vec<Value> {
             if i % 4 == 0 {
                 tags.push(("app.kubernetes.io/name", "checkout"));
             }
-            out.push(entry(&id, region, status, ARCHS[i % 5 % 3], &tags));
+            let mut e = entry(&id, region, status, ARCHS[i % 5 % 3], &tags);
+            // The class's connection limit, sometimes written as a string, sometimes left out.
+            match i % 5 {
+                0 => {}
+                1 => e["Connections"] = json!((10_000 * (i % 4 + 1)).to_string()),
+                _ => e["Connections"] = json!(10_000 * (i % 4 + 1)),
+            }
+            out.push(e);
         }
     }
     out
@@ -203,6 +210,24 @@ async fn discovers_the_matching_set_follows_changes_and_survives_failures() {
         !want.contains("r-hangzhou-0005"),
         "Creating: nothing to poll"
     );
+    // Each instance's connection limit is the inventory's `Connections`, absent where it is.
+    for i in inv.iter() {
+        let id = i["InstanceId"].as_str().unwrap();
+        if !want.contains(id) {
+            continue;
+        }
+        let limit = i["Connections"]
+            .as_u64()
+            .or_else(|| i["Connections"].as_str().and_then(|s| s.parse().ok()));
+        assert_eq!(
+            value(
+                &text,
+                &format!("redis_session_instance_max_connections{{instance_id=\"{id}\"}}")
+            ),
+            limit.map(|n| n as f64),
+            "{id}"
+        );
+    }
     assert_eq!(l["tag_env"], "prod");
     assert_eq!(l["tag_team"], "pay");
     assert_eq!(l["tag_app_kubernetes_io_name"], "checkout");
