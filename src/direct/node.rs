@@ -213,7 +213,11 @@ impl NodeClient {
         cmd: &redis::Cmd,
         timeout: Duration,
     ) -> Result<(String, Option<u64>), PollError> {
-        self.query(cmd, timeout).await
+        let (text, own_id) = self.query::<String>(cmd, timeout).await?;
+        if text.len() as u64 > self.max_reply_bytes {
+            return Err(reply_too_large(text.len(), self.max_reply_bytes));
+        }
+        Ok((text, own_id))
     }
 
     /// [`Self::query_text`] for any reply type.
@@ -246,10 +250,7 @@ impl NodeClient {
                 }
             };
         match result {
-            Ok(text) if text.len() as u64 > self.max_reply_bytes => {
-                Err(reply_too_large(text.len(), self.max_reply_bytes))
-            }
-            Ok(text) => Ok((text, own_id)),
+            Ok(reply) => Ok((reply, own_id)),
             Err(e) => {
                 if e.is_io_error()
                     || e.is_timeout()
