@@ -495,9 +495,10 @@ fn sorted(map: FoldMap) -> Vec<(String, u64)> {
 pub fn cap<S>(map: HashMap<Box<str>, u64, S>, n: usize) -> Vec<(String, u64)> {
     let mut v: Vec<(Box<str>, u64)> = map.into_iter().collect();
     let mut other = 0u64;
+    // Counts come from the wire (`SourceStats`): every sum saturates, never wraps or panics.
     v.retain(|(k, c)| {
         if &**k == OTHER {
-            other += c;
+            other = other.saturating_add(*c);
             false
         } else {
             true
@@ -505,7 +506,9 @@ pub fn cap<S>(map: HashMap<Box<str>, u64, S>, n: usize) -> Vec<(String, u64)> {
     });
     if v.len() > n {
         v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        other += v[n..].iter().map(|(_, c)| c).sum::<u64>();
+        other = v[n..]
+            .iter()
+            .fold(other, |acc, (_, c)| acc.saturating_add(*c));
         v.truncate(n);
     }
     let mut out: Vec<(String, u64)> = v.into_iter().map(|(k, c)| (k.into(), c)).collect();
@@ -714,6 +717,52 @@ mod tests {
             v,
             vec![("a".into(), 5), ("c".into(), 3), ("other".into(), 6)]
         );
+    }
+
+    /// Figures from the wire at their largest, three times: every sum (subscriptions, buffers,
+    /// list objects, memory, the distributions' `_sum`) saturates at `u64::MAX`, and the source
+    /// counts too; nothing wraps, nothing panics in a debug build.
+    #[test]
+    fn sums_of_huge_figures_saturate() {
+        let mut f = Fold::new();
+        for _ in 0..3 {
+            let mut s = session("n", "get", "", "N");
+            (s.sub, s.psub, s.qbuf, s.qbuf_free, s.obl, s.oll, s.omem) = (
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+            );
+            (s.idle, s.age, s.tot_mem, s.ssub) =
+                (u64::MAX, u64::MAX, Some(u64::MAX), Some(u64::MAX));
+            f.add(&s);
+            f.add_source("10.0.0.1", i64::MAX as u64);
+        }
+        let snap = f.finish(&Limits::default(), Some(u64::MAX), None);
+        assert_eq!(snap.sessions, 3);
+        for (name, v) in [
+            ("sub", snap.subscriptions_channel),
+            ("psub", snap.subscriptions_pattern),
+            ("qbuf_free", snap.query_buffer_free_bytes),
+            ("oll", snap.output_list_objects),
+            ("obl", snap.fixed_output_buffer_bytes),
+            ("idle sum", snap.idle.sum),
+            ("age sum", snap.age.sum),
+            ("qbuf sum", snap.query_buffer.sum),
+            ("omem sum", snap.output_buffer.sum),
+        ] {
+            assert_eq!(v, u64::MAX, "{name}");
+        }
+        let d = snap.direct.as_ref().unwrap();
+        assert_eq!(
+            (d.total_memory.sum, d.subscriptions_shard),
+            (u64::MAX, u64::MAX)
+        );
+        assert_eq!(snap.by_source, vec![("10.0.0.1".to_owned(), u64::MAX)]);
+        assert_eq!(snap.reported_total, u64::MAX);
     }
 
     #[test]
