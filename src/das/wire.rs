@@ -917,7 +917,9 @@ pub(crate) mod tests {
             for c in flags.into_iter().filter(|c| "NxPb".contains(*c)) {
                 *self.with_flag.entry(c).or_default() += 1;
             }
-            *self.by_db.entry(int("Db")).or_default() += 1;
+            // Databases outside 0–255 are one `other` entry, keyed i64::MIN.
+            let db = int("Db").map(|d| if (0..=255).contains(&d) { d } else { i64::MIN });
+            *self.by_db.entry(db).or_default() += 1;
             *self.by_node.entry(text("NodeId")).or_default() += 1;
             *self
                 .by_command
