@@ -88,7 +88,7 @@ pub async fn run_with_web(
     ));
     let source: Arc<dyn Source> = Arc::new(source::Router {
         das: Arc::new(DasClient::new(acs, &cfg.das.endpoint, credentials.clone())),
-        direct: Arc::new(DirectSource::new()),
+        direct: Arc::new(DirectSource::new(cfg.das.max_body_bytes)),
     });
     tokio::spawn(publish_credential_health(
         credentials.clone(),
@@ -230,7 +230,13 @@ async fn control_loop(
                     tracing::debug!(%key, "dropping a list from a discovery task that was replaced");
                     continue;
                 }
+                let block = key.block;
                 discovered.insert(key, instances);
+                let dropped = discovery::cap_block(&mut discovered, generation, block);
+                if dropped > 0 {
+                    tracing::warn!(block, dropped, max = discovery::MAX_INSTANCES_PER_BLOCK,
+                        "a [[discovery]] block found more instances than it may poll; the rest are ignored");
+                }
                 apply(&mut scheduler, &cfg, &discovered);
             }
             else => break,

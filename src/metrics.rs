@@ -72,8 +72,17 @@ struct VersionLabels {
     version: &'static str,
 }
 
+/// Distinct error codes one owner (an instance, a region) gets a series for; the rest are
+/// counted under `code="other"`. Codes come from the API verbatim (sanitised), so a server that
+/// invents a new one per answer must not grow the series without end.
+pub const MAX_CODES_PER_OWNER: usize = 32;
+
+/// The code past [`MAX_CODES_PER_OWNER`] (the same word the capped breakdowns use).
+const OTHER_CODE: &str = "other";
+
 /// A counter family keyed by an owner (instance, region) and an error code, which remembers the
-/// codes each owner has, so that forgetting the owner removes all of its series.
+/// codes each owner has, so that forgetting the owner removes all of its series. At most
+/// [`MAX_CODES_PER_OWNER`] codes per owner, plus `other`.
 #[derive(Debug)]
 struct CodeCounters<L> {
     family: Family<L, Counter>,
@@ -96,13 +105,21 @@ impl<L> CodeCounters<L>
 where
     L: Clone + std::hash::Hash + Eq,
 {
-    fn inc(&self, owner: &str, code: &str, labels: impl FnOnce() -> L) {
+    fn inc(&self, owner: &str, code: &str, labels: impl FnOnce(&str) -> L) {
         let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
         let set = codes.entry(owner.to_owned()).or_default();
-        if !set.contains(code) {
+        let code = if set.contains(code) {
+            code
+        } else if set.iter().filter(|c| *c != OTHER_CODE).count() < MAX_CODES_PER_OWNER
+            && code != OTHER_CODE
+        {
             set.insert(code.to_owned());
-        }
-        self.family.get_or_create(&labels()).inc();
+            code
+        } else {
+            set.insert(OTHER_CODE.to_owned());
+            OTHER_CODE
+        };
+        self.family.get_or_create(&labels(code)).inc();
     }
 
     fn forget(&self, owner: &str, labels: impl Fn(&str) -> L) {
@@ -196,10 +213,11 @@ impl ProcessMetrics {
             })
             .inc();
         if let Err(code) = result {
-            i.poll_errors.inc(instance_id, code, || InstanceCodeLabels {
-                instance_id: instance_id.to_owned(),
-                code: code.to_owned(),
-            });
+            i.poll_errors
+                .inc(instance_id, code, |code| InstanceCodeLabels {
+                    instance_id: instance_id.to_owned(),
+                    code: code.to_owned(),
+                });
         }
         self.changed();
     }
@@ -313,10 +331,11 @@ impl ProcessMetrics {
     /// gauge shows (at 0) from the first refresh on, successful or not.
     pub fn discovery_failed(&self, region: &str, code: &str) {
         let i = &self.inner;
-        i.discovery_errors.inc(region, code, || RegionCodeLabels {
-            region: region.to_owned(),
-            code: code.to_owned(),
-        });
+        i.discovery_errors
+            .inc(region, code, |code| RegionCodeLabels {
+                region: region.to_owned(),
+                code: code.to_owned(),
+            });
         i.discovery_last_success.get_or_create_owned(&RegionLabels {
             region: region.to_owned(),
         });

@@ -186,6 +186,14 @@ pub struct SessionView<'a> {
 /// Databases counted in a plain array rather than the fold's map.
 const SMALL_DBS: i64 = 16;
 
+/// The largest database number that gets its own `db` label value (Redis allows 0–255 with
+/// `databases`; managed Redis 0–255 or fewer). Anything else is a figure from the wire that
+/// must not mint series: it is summed under [`DB_OTHER`].
+pub const MAX_DB: i64 = 255;
+
+/// The `by_db` key of every database outside 0–[`MAX_DB`], exported as `db="other"`.
+pub const DB_OTHER: i64 = i64::MIN;
+
 /// One session's numbers, db and flags: what [`Fold::add_figures`] takes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Figures {
@@ -442,7 +450,18 @@ impl Fold {
         reported_total: Option<u64>,
         timestamp_ms: Option<i64>,
     ) -> Snapshot {
-        let mut dbs = self.dbs;
+        let mut dbs: BTreeMap<Option<i64>, u64> = BTreeMap::new();
+        for (db, n) in self.dbs {
+            let db = db.map(|d| {
+                if (0..=MAX_DB).contains(&d) {
+                    d
+                } else {
+                    DB_OTHER
+                }
+            });
+            let e = dbs.entry(db).or_insert(0);
+            *e = e.saturating_add(n);
+        }
         for (db, &n) in (0..).zip(&self.small_dbs) {
             if n > 0 {
                 dbs.insert(Some(db), n);
@@ -452,7 +471,7 @@ impl Fold {
             sessions: self.sessions,
             reported_total: reported_total.unwrap_or(self.sessions),
             timestamp_ms,
-            by_node: sorted(self.nodes),
+            by_node: cap(self.nodes, limits.max_nodes.saturating_mul(2)),
             by_source: cap(self.sources, limits.max_sources.saturating_mul(2)),
             by_command: cap(self.commands, limits.max_commands.saturating_mul(2)),
             by_client_name: cap(self.names, limits.max_client_names.saturating_mul(2)),
@@ -484,20 +503,15 @@ impl Fold {
     }
 }
 
-fn sorted(map: FoldMap) -> Vec<(String, u64)> {
-    let mut v: Vec<(String, u64)> = map.into_iter().map(|(k, c)| (k.into(), c)).collect();
-    v.sort_unstable();
-    v
-}
-
 /// Keeps the `n` largest entries (ties broken by name, so the choice is stable) and sums the rest
 /// into [`OTHER`]. A real key named `other` is merged into that bucket. Output is sorted by name.
 pub fn cap<S>(map: HashMap<Box<str>, u64, S>, n: usize) -> Vec<(String, u64)> {
     let mut v: Vec<(Box<str>, u64)> = map.into_iter().collect();
     let mut other = 0u64;
+    // Counts come from the wire (`SourceStats`): every sum saturates, never wraps or panics.
     v.retain(|(k, c)| {
         if &**k == OTHER {
-            other += c;
+            other = other.saturating_add(*c);
             false
         } else {
             true
@@ -505,7 +519,9 @@ pub fn cap<S>(map: HashMap<Box<str>, u64, S>, n: usize) -> Vec<(String, u64)> {
     });
     if v.len() > n {
         v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        other += v[n..].iter().map(|(_, c)| c).sum::<u64>();
+        other = v[n..]
+            .iter()
+            .fold(other, |acc, (_, c)| acc.saturating_add(*c));
         v.truncate(n);
     }
     let mut out: Vec<(String, u64)> = v.into_iter().map(|(k, c)| (k.into(), c)).collect();
@@ -528,6 +544,8 @@ pub struct Snapshot {
     pub by_source: Vec<(String, u64)>,
     pub by_command: Vec<(String, u64)>,
     pub by_client_name: Vec<(String, u64)>,
+    /// Sessions per db: `None` when the source gave none, [`DB_OTHER`] for every db outside
+    /// 0–[`MAX_DB`].
     pub by_db: Vec<(Option<i64>, u64)>,
     /// Indexed like [`FLAGS`], then [`FLAG_UNKNOWN`].
     pub by_flag: [u64; FLAGS.len() + 1],
@@ -609,12 +627,12 @@ mod tests {
             snap.by_db,
             vec![
                 (None, 1),
-                (Some(-3), 1),
+                (Some(DB_OTHER), 2),
                 (Some(0), 2),
                 (Some(15), 1),
                 (Some(16), 1),
-                (Some(i64::MAX), 1)
-            ]
+            ],
+            "-3 and i64::MAX are both other"
         );
     }
 
@@ -716,6 +734,103 @@ mod tests {
         );
     }
 
+    /// Node ids and databases come from the wire: past `[limits] max_nodes` node ids share
+    /// `other` (the fold keeps twice the cap, the sticky cap the cap itself), and every db
+    /// outside 0–255 is one `other` entry, whatever its number.
+    #[test]
+    fn nodes_and_dbs_are_bounded() {
+        let limits = Limits {
+            max_nodes: 3,
+            ..Limits::default()
+        };
+        let mut f = Fold::for_limits(&limits);
+        for (i, db) in [0i64, 255, 256, -1, 1000, i64::MAX, i64::MIN, 7, 7, 15, 16]
+            .into_iter()
+            .enumerate()
+        {
+            let node = format!("node-{}", i % 10);
+            let mut s = session(&node, "get", "", "N");
+            s.db = Some(db);
+            f.add(&s);
+        }
+        let snap = f.finish(&limits, None, None);
+        let dbs: BTreeMap<Option<i64>, u64> = snap.by_db.iter().copied().collect();
+        let want: BTreeMap<Option<i64>, u64> = [
+            (Some(0), 1),
+            (Some(7), 2),
+            (Some(15), 1),
+            (Some(16), 1),
+            (Some(255), 1),
+            (Some(DB_OTHER), 5),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(dbs, want);
+        assert_eq!(
+            snap.by_node.len(),
+            7,
+            "2 × 3 kept and other: {:?}",
+            snap.by_node
+        );
+        assert_eq!(snap.by_node.iter().map(|e| e.1).sum::<u64>(), 11);
+        let mut capped = snap.clone();
+        capped.apply_caps(&limits, &mut Caps::default(), None);
+        assert_eq!(
+            capped.by_node.len(),
+            4,
+            "3 kept and other: {:?}",
+            capped.by_node
+        );
+        assert_eq!(capped.by_node.iter().map(|e| e.1).sum::<u64>(), 11);
+        assert!(capped.by_node.iter().any(|e| e.0 == OTHER));
+    }
+
+    /// Figures from the wire at their largest, three times: every sum (subscriptions, buffers,
+    /// list objects, memory, the distributions' `_sum`) saturates at `u64::MAX`, and the source
+    /// counts too; nothing wraps, nothing panics in a debug build.
+    #[test]
+    fn sums_of_huge_figures_saturate() {
+        let mut f = Fold::new();
+        for _ in 0..3 {
+            let mut s = session("n", "get", "", "N");
+            (s.sub, s.psub, s.qbuf, s.qbuf_free, s.obl, s.oll, s.omem) = (
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+                u64::MAX,
+            );
+            (s.idle, s.age, s.tot_mem, s.ssub) =
+                (u64::MAX, u64::MAX, Some(u64::MAX), Some(u64::MAX));
+            f.add(&s);
+            f.add_source("10.0.0.1", i64::MAX as u64);
+        }
+        let snap = f.finish(&Limits::default(), Some(u64::MAX), None);
+        assert_eq!(snap.sessions, 3);
+        for (name, v) in [
+            ("sub", snap.subscriptions_channel),
+            ("psub", snap.subscriptions_pattern),
+            ("qbuf_free", snap.query_buffer_free_bytes),
+            ("oll", snap.output_list_objects),
+            ("obl", snap.fixed_output_buffer_bytes),
+            ("idle sum", snap.idle.sum),
+            ("age sum", snap.age.sum),
+            ("qbuf sum", snap.query_buffer.sum),
+            ("omem sum", snap.output_buffer.sum),
+        ] {
+            assert_eq!(v, u64::MAX, "{name}");
+        }
+        let d = snap.direct.as_ref().unwrap();
+        assert_eq!(
+            (d.total_memory.sum, d.subscriptions_shard),
+            (u64::MAX, u64::MAX)
+        );
+        assert_eq!(snap.by_source, vec![("10.0.0.1".to_owned(), u64::MAX)]);
+        assert_eq!(snap.reported_total, u64::MAX);
+    }
+
     #[test]
     fn transactions_and_reported_total() {
         let mut f = Fold::new();
@@ -750,7 +865,7 @@ mod tests {
         /// One session with every field the fold reads, direct-only ones included when `direct`.
         fn arb_full_session(direct: bool)(
             node in "[a-c]{0,2}", cmd in "[a-dA-D|]{0,3}", name in "(other|[a-z]{0,2})",
-            flags in "[AbcdeiMNOPrSuUxtTRBZq]{0,5}", db in proptest::option::of(-1i64..20),
+            flags in "[AbcdeiMNOPrSuUxtTRBZq]{0,5}", db in proptest::option::of(prop_oneof![-1i64..20, 250i64..260, Just(i64::MIN)]),
             sub in 0u64..5, psub in 0u64..5, multi in -1i64..3,
             qbuf in 0u64..100_000, qbuf_free in 0u64..40_000, obl in 0u64..16_384,
             omem in 0u64..20_000_000, oll in 0u64..50,
@@ -885,7 +1000,8 @@ mod tests {
 
             let nodes = tally(sessions.iter().map(|s| s.node.clone()));
             prop_assert_eq!(snap.by_node.iter().cloned().collect::<BTreeMap<_, _>>(), nodes);
-            let dbs = tally(sessions.iter().map(|s| s.db));
+            // Databases past 0–255 (and negative ones) are one `other` entry, keyed i64::MIN.
+            let dbs = tally(sessions.iter().map(|s| s.db.map(|d| if (0..=255).contains(&d) { d } else { i64::MIN })));
             prop_assert_eq!(snap.by_db.iter().cloned().collect::<BTreeMap<_, _>>(), dbs);
             // The fold keeps twice each cap (all the sticky rule can name); the sticky caps of
             // a first poll (nothing held yet) are the plain ones.

@@ -93,8 +93,9 @@ where
         .into_iter()
         .map(Into::into)
         .filter(|(k, c)| {
+            // Counts come from the wire (`SourceStats`): sums saturate, never wrap or panic.
             if k == OTHER {
-                other += c;
+                other = other.saturating_add(*c);
                 false
             } else {
                 true
@@ -102,7 +103,10 @@ where
         })
         .collect();
     let sel = sticky.select(entries, cap, |c| *c);
-    other += sel.rest.iter().map(|(_, c)| c).sum::<u64>();
+    other = sel
+        .rest
+        .iter()
+        .fold(other, |acc, (_, c)| acc.saturating_add(*c));
     let mut out = sel.own;
     if other > 0 {
         out.push((OTHER.to_owned(), other));

@@ -145,26 +145,74 @@ impl Client {
         }
     }
 
-    /// Reads the body chunk by chunk and stops as soon as it passes the cap, so one huge answer
-    /// cannot exhaust memory.
-    async fn read_capped(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, Error> {
-        let (max, key) = (self.max_body_bytes, self.cap_name);
-        let hint = resp.content_length().unwrap_or(0);
+    async fn read_capped(&self, resp: reqwest::Response) -> Result<Vec<u8>, Error> {
+        read_capped(resp, self.max_body_bytes, self.cap_name).await
+    }
+
+    /// The same client (same connections, timeout and counting) with another body cap: each
+    /// API's answers have their own bound (a DescribeInstances page is not a session list).
+    pub fn with_body_cap(&self, max_body_bytes: u64, cap_name: &'static str) -> Self {
+        Self {
+            max_body_bytes,
+            cap_name,
+            ..self.clone()
+        }
+    }
+}
+
+/// Reads a body chunk by chunk and stops as soon as it passes `max` (`cap_name` names the
+/// limit in the error), so one huge answer cannot exhaust memory. Shared by every HTTP call to
+/// the cloud, the metadata service's included.
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    max: u64,
+    cap_name: &'static str,
+) -> Result<Vec<u8>, Error> {
+    let mut body = CappedBody::new(resp.content_length(), max, cap_name)?;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
+        body.push(&chunk)?;
+    }
+    Ok(body.bytes)
+}
+
+/// How much a body's buffer reserves before the first byte arrives, whatever `Content-Length`
+/// claims: a header costs nothing to send, memory does.
+const FIRST_RESERVE: usize = 64 * 1024;
+
+/// A body being read under a cap. Pure, so the cap and the reservation are unit-tested.
+#[derive(Debug)]
+struct CappedBody {
+    bytes: Vec<u8>,
+    max: u64,
+    cap_name: &'static str,
+}
+
+impl CappedBody {
+    /// Refuses at once a body announced larger than the cap; otherwise reserves at most
+    /// [`FIRST_RESERVE`], and grows only with bytes actually received.
+    fn new(content_length: Option<u64>, max: u64, cap_name: &'static str) -> Result<Self, Error> {
+        let hint = content_length.unwrap_or(0);
         if hint > max {
             return Err(Error::InvalidResponse(format!(
-                "body of {hint} bytes exceeds {key} ({max})"
+                "body of {hint} bytes exceeds {cap_name} ({max})"
             )));
         }
-        let mut body = Vec::with_capacity(hint as usize);
-        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
-            if body.len() as u64 + chunk.len() as u64 > max {
-                return Err(Error::InvalidResponse(format!(
-                    "body exceeds {key} ({max})"
-                )));
-            }
-            body.extend_from_slice(&chunk);
+        Ok(Self {
+            bytes: Vec::with_capacity((hint as usize).min(FIRST_RESERVE)),
+            max,
+            cap_name,
+        })
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        if self.bytes.len() as u64 + chunk.len() as u64 > self.max {
+            return Err(Error::InvalidResponse(format!(
+                "body exceeds {} ({})",
+                self.cap_name, self.max
+            )));
         }
-        Ok(body)
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
     }
 }
 
@@ -236,8 +284,9 @@ mod tests {
     use super::*;
 
     /// A one-shot HTTP server on a loopback port answering `response` to the first request.
-    async fn serve_once(response: &'static str) -> String {
+    async fn serve_once(response: impl Into<String>) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let response: String = response.into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -353,6 +402,63 @@ mod tests {
             matches!(&e, Error::InvalidResponse(m) if m.contains("das.max_body_bytes")),
             "{e}"
         );
+    }
+
+    /// A `Content-Length` is a claim, not a reason to allocate: a body announced at nearly the
+    /// cap reserves no more than the first reservation, and grows only with what arrives.
+    #[test]
+    fn a_claimed_length_is_not_reserved() {
+        const MAX: u64 = 64 * 1024 * 1024;
+        let mut b = CappedBody::new(Some(MAX - 1), MAX, "k").unwrap();
+        assert!(
+            b.bytes.capacity() <= FIRST_RESERVE,
+            "{}",
+            b.bytes.capacity()
+        );
+        b.push(b"{}").unwrap();
+        assert_eq!(b.bytes, b"{}");
+        assert!(b.bytes.capacity() <= FIRST_RESERVE);
+        // A short answer reserves what it announced, no more.
+        assert_eq!(
+            CappedBody::new(Some(10), MAX, "k")
+                .unwrap()
+                .bytes
+                .capacity(),
+            10
+        );
+    }
+
+    #[test]
+    fn the_cap_holds_with_or_without_a_length() {
+        let e = CappedBody::new(Some(1025), 1024, "das.max_body_bytes").unwrap_err();
+        assert!(e.to_string().contains("das.max_body_bytes (1024)"), "{e}");
+        let mut b = CappedBody::new(None, 1024, "k").unwrap();
+        b.push(&[b'x'; 1000]).unwrap();
+        b.push(&[b'x'; 24]).unwrap();
+        let e = b.push(b"x").unwrap_err();
+        assert!(e.to_string().contains("exceeds k (1024)"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn with_body_cap_changes_only_the_cap() {
+        let body = format!("{{\"padding\":\"{}\"}}", "x".repeat(2000));
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let c = Client::new(Duration::from_secs(5), 4096, "das.max_body_bytes").unwrap();
+        let endpoint = serve_once(answer.clone()).await;
+        assert!(c
+            .call(&endpoint, &[("Action", "X")], &key(), Ok)
+            .await
+            .is_ok());
+        let small = c.with_body_cap(1024, "the page cap");
+        let endpoint = serve_once(answer.clone()).await;
+        let e = small
+            .call(&endpoint, &[("Action", "X")], &key(), Ok)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("the page cap (1024)"), "{e}");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 pub(crate) use client::USER_AGENT;
-pub use client::{Client, Reply};
+pub use client::{read_capped, Client, Reply};
 pub use error::{api_error, classify_failure, error_code, scrub, truncate, Error, MESSAGE_CHARS};
 
 /// What a request is signed with, borrowed from the credentials of the moment.

@@ -127,6 +127,8 @@ impl Default for Sharding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Series of `redis_sessions{node_id}` per instance.
+    pub max_nodes: usize,
     pub max_sources: usize,
     pub max_commands: usize,
     pub max_client_names: usize,
@@ -140,8 +142,9 @@ pub struct Limits {
 
 impl Limits {
     /// Every `[limits]` key with its value, for checks that apply to all of them.
-    pub fn named(&self) -> [(&'static str, usize); 4] {
+    pub fn named(&self) -> [(&'static str, usize); 5] {
         [
+            ("limits.max_nodes", self.max_nodes),
             ("limits.max_sources", self.max_sources),
             ("limits.max_commands", self.max_commands),
             ("limits.max_client_names", self.max_client_names),
@@ -153,6 +156,7 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            max_nodes: 256,
             max_sources: 50,
             max_commands: 100,
             max_client_names: 50,
@@ -678,6 +682,7 @@ mod tests {
         assert_eq!(
             c.limits,
             Limits {
+                max_nodes: 256,
                 max_sources: 50,
                 max_commands: 100,
                 max_client_names: 50,
@@ -854,6 +859,7 @@ mod tests {
             ("[poll]\nmax_requests_per_second = {}\n", "10000", "10000.5"),
             ("[poll]\nmax_requests_per_second = {}\n", "0.001", "1e300"),
             ("[das]\ntimeout = \"{}\"\n", "10m", "601s"),
+            ("[limits]\nmax_nodes = {}\n", "100000", "100001"),
             ("[limits]\nmax_sources = {}\n", "100000", "100001"),
             ("[limits]\nmax_commands = {}\n", "100000", "100001"),
             ("[limits]\nmax_client_names = {}\n", "100000", "100001"),

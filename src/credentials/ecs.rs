@@ -27,6 +27,9 @@ const TOKEN_TTL_HEADER: &str = "X-aliyun-ecs-metadata-token-ttl-seconds";
 const API: &str = "metadata";
 /// The SDKs' choice: the metadata service is link-local and answers fast or not at all.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// The largest answer read from the metadata service (a role name, a token, a credentials
+/// document: all a few hundred bytes).
+const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
 /// The role named in the environment, if any.
 pub fn role_from_env(get: &dyn Fn(&str) -> Option<String>) -> Option<String> {
@@ -160,25 +163,38 @@ impl EcsFetcher {
         &self,
         req: reqwest::RequestBuilder,
         what: &str,
-    ) -> Result<bytes::Bytes, CredentialError> {
+    ) -> Result<Vec<u8>, CredentialError> {
         let fail = |r: String| {
             CredentialError::failed(self.name, format!("metadata service, {what}: {r}"))
         };
         let exchange = async {
-            let resp = req.send().await?;
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let code = if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "connection"
+                    };
+                    return Err((code.into(), e.without_url().to_string()));
+                }
+            };
             let status = resp.status();
-            Ok::<_, reqwest::Error>((status, resp.bytes().await?))
+            // Read under a cap: a credentials document is a few hundred bytes.
+            let body = crate::acs::read_capped(
+                resp,
+                MAX_ANSWER_BYTES,
+                "the 64 KiB cap of a metadata answer",
+            )
+            .await
+            .map_err(|e| (e.code().into_owned(), e.to_string()))?;
+            Ok::<_, (String, String)>((status, body))
         };
         let (status, body) = match exchange.await {
             Ok(r) => r,
-            Err(e) => {
-                let code = if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "connection"
-                };
-                self.metrics.api_request(API, code);
-                return Err(fail(e.without_url().to_string()));
+            Err((code, message)) => {
+                self.metrics.api_request(API, &code);
+                return Err(fail(message));
             }
         };
         if status.is_success() {
@@ -305,6 +321,51 @@ mod tests {
             }
         });
         (format!("http://{addr}"), seen)
+    }
+
+    /// Every answer of the metadata service is read under 64 KiB: a token of 100 KiB (with
+    /// or without a `Content-Length`) fails the fetch, counted as `invalid_response`.
+    #[tokio::test]
+    async fn answers_over_64_kib_are_refused() {
+        let huge = "t".repeat(100 * 1024);
+        for answer in [
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{huge}",
+                huge.len()
+            ),
+            format!("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{huge}"),
+        ] {
+            let (endpoint, _) = serve(answer).await;
+            let metrics = ProcessMetrics::new("t");
+            let f = EcsFetcher::new("ecs_ram_role", &endpoint, Some("r".into()), metrics.clone())
+                .unwrap();
+            let e = f.fetch().await.unwrap_err().to_string();
+            assert!(e.contains("64 KiB cap of a metadata answer"), "{e}");
+            let mut registry = prometheus_client::registry::Registry::default();
+            metrics.register(&mut registry);
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            assert!(
+                text.contains("{api=\"metadata\",code=\"invalid_response\"} 1\n"),
+                "{text}"
+            );
+        }
+        // Under the cap, the same path reads the token (and fails later, on the role).
+        let (endpoint, asked) =
+            serve("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ntoken".to_owned()).await;
+        let f = EcsFetcher::new(
+            "ecs_ram_role",
+            &endpoint,
+            Some("r".into()),
+            ProcessMetrics::new("t"),
+        )
+        .unwrap();
+        let e = f.fetch().await.unwrap_err().to_string();
+        assert!(!e.contains("cap"), "{e}");
+        assert!(
+            asked.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+            "the token was read"
+        );
     }
 
     #[tokio::test]

@@ -187,7 +187,7 @@ impl OidcFetcher {
         session_name: &str,
         metrics: ProcessMetrics,
     ) -> Result<Self, CredentialError> {
-        let acs = acs::Client::new(TIMEOUT, MAX_ANSWER_BYTES, "the size of an STS answer")
+        let acs = acs::Client::new(TIMEOUT, MAX_ANSWER_BYTES, "the 64 KiB cap of an STS answer")
             .map_err(|e| CredentialError::failed(name, format!("HTTP client: {e}")))?
             .counting_into(metrics);
         let session_name = params
@@ -265,6 +265,50 @@ mod tests {
             oidc_provider_arn: "acs:ram::123:oidc-provider/ack-rrsa-c1".into(),
             token_file: "/nonexistent".into(),
             role_session_name: None,
+        }
+    }
+
+    /// An STS answer is read under 64 KiB: a well-formed answer of 100 KiB fails the fetch
+    /// naming the cap, the same answer of a few KiB is read.
+    #[tokio::test]
+    async fn answers_over_64_kib_are_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "eyJ.a.b").unwrap();
+        let answer = |padding: usize| {
+            let body = format!(
+                r#"{{"RequestId":"{}","Credentials":{{"AccessKeyId":"STS.a","AccessKeySecret":"s","SecurityToken":"t","Expiration":"2030-01-01T00:00:00Z"}}}}"#,
+                "r".repeat(padding)
+            );
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        for (padding, ok) in [(4 * 1024, true), (100 * 1024, false)] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let endpoint = format!("http://{}", listener.local_addr().unwrap());
+            let response = answer(padding);
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(response.as_bytes()).await;
+            });
+            let p = OidcParams {
+                token_file: token_file.clone(),
+                ..params()
+            };
+            let f =
+                OidcFetcher::new("oidc", &endpoint, p, "sess", ProcessMetrics::new("t")).unwrap();
+            match f.fetch().await {
+                Ok(c) => assert!(ok, "{padding} bytes read: {}", c.access_key_id),
+                Err(e) => {
+                    assert!(!ok, "{padding} bytes refused: {e}");
+                    assert!(e.to_string().contains("64 KiB cap of an STS answer"), "{e}");
+                }
+            }
         }
     }
 

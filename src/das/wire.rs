@@ -591,6 +591,35 @@ pub(crate) mod tests {
         assert_eq!(s.by_source, vec![("a".into(), u64::MAX)]);
     }
 
+    /// More sources at `i64::MAX` than the fold keeps: what it sums into `other` saturates
+    /// (debug builds panic on an overflow), and so does the scheduler's sticky cap after it.
+    #[test]
+    fn huge_counts_summed_into_other_saturate() {
+        let big = i64::MAX;
+        let stats: Vec<String> = (0..10)
+            .map(|i| format!(r#"{{"Key":"10.0.0.{i}","Count":{big}}}"#))
+            .collect();
+        let body = format!(r#"{{"Data":{{"SourceStats":[{}]}}}}"#, stats.join(","));
+        let limits = Limits {
+            max_sources: 1,
+            ..Limits::default()
+        };
+        for s in [
+            decode(body.as_bytes(), &limits).unwrap(),
+            decode_reference(body.as_bytes(), &limits).unwrap(),
+        ] {
+            assert_eq!(s.by_source.len(), 3, "{:?}", s.by_source);
+            assert_eq!(
+                s.by_source.iter().find(|e| e.0 == "other").unwrap().1,
+                u64::MAX
+            );
+            let mut sticky = crate::sticky::Sticky::default();
+            let capped = crate::sticky::cap_counts(s.by_source, 1, &mut sticky);
+            assert_eq!(capped.len(), 2, "{capped:?}");
+            assert_eq!(capped.iter().find(|e| e.0 == "other").unwrap().1, u64::MAX);
+        }
+    }
+
     #[test]
     fn not_an_answer_is_invalid_never_a_panic() {
         for body in [
@@ -888,7 +917,9 @@ pub(crate) mod tests {
             for c in flags.into_iter().filter(|c| "NxPb".contains(*c)) {
                 *self.with_flag.entry(c).or_default() += 1;
             }
-            *self.by_db.entry(int("Db")).or_default() += 1;
+            // Databases outside 0–255 are one `other` entry, keyed i64::MIN.
+            let db = int("Db").map(|d| if (0..=255).contains(&d) { d } else { i64::MIN });
+            *self.by_db.entry(db).or_default() += 1;
             *self.by_node.entry(text("NodeId")).or_default() += 1;
             *self
                 .by_command

@@ -55,10 +55,12 @@ pub fn fold_client_list(fold: &mut Fold, node_id: &str, reply: &str, own_id: Opt
 type PoolKey = (String, Auth);
 
 /// The direct source: a pool of node connections, and the last cluster layout seen per seed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DirectSource {
     pool: Mutex<HashMap<PoolKey, Arc<NodeClient>>>,
     layouts: Mutex<HashMap<PoolKey, Vec<Endpoint>>>,
+    /// The largest `CLIENT LIST` or `CLUSTER NODES` reply taken (`[das] max_body_bytes`).
+    max_reply_bytes: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,8 +68,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DirectSource {
-    pub fn new() -> Self {
-        Self::default()
+    /// Replies larger than `max_reply_bytes` (`[das] max_body_bytes`, the bound a DAS answer
+    /// has too) fail the poll as `invalid_response`.
+    pub fn new(max_reply_bytes: u64) -> Self {
+        Self {
+            pool: Mutex::default(),
+            layouts: Mutex::default(),
+            max_reply_bytes,
+        }
     }
 
     fn node(&self, endpoint: &Endpoint, auth: &Auth) -> Arc<NodeClient> {
@@ -83,7 +91,8 @@ impl DirectSource {
                         auth.username.clone(),
                         auth.password_file.clone(),
                     )
-                    .with_tls(auth.tls.clone()),
+                    .with_tls(auth.tls.clone())
+                    .with_reply_cap(self.max_reply_bytes),
                 )
             })
             .clone()

@@ -97,6 +97,8 @@ pub struct NodeClient {
     auth: Auth,
     conn: tokio::sync::Mutex<Option<(MultiplexedConnection, Option<u64>)>>,
     pub(super) last_used: Mutex<Instant>,
+    /// The largest reply taken; see [`NodeClient::with_reply_cap`].
+    max_reply_bytes: u64,
 }
 
 impl std::fmt::Debug for NodeClient {
@@ -124,7 +126,17 @@ impl NodeClient {
             },
             conn: tokio::sync::Mutex::new(None),
             last_used: Mutex::new(Instant::now()),
+            max_reply_bytes: u64::MAX,
         }
+    }
+
+    /// Refuses replies larger than `max` bytes (`invalid_response`) before they are parsed.
+    /// redis-rs reads a reply whole before handing it over, so this bounds the parsing and
+    /// everything after it; while it is read, a reply is bounded by the server's own
+    /// `proto-max-bulk-len` (512 MB by default).
+    pub fn with_reply_cap(mut self, max: u64) -> Self {
+        self.max_reply_bytes = max;
+        self
     }
 
     /// Uses these TLS files for a `rediss://` endpoint.
@@ -201,7 +213,11 @@ impl NodeClient {
         cmd: &redis::Cmd,
         timeout: Duration,
     ) -> Result<(String, Option<u64>), PollError> {
-        self.query(cmd, timeout).await
+        let (text, own_id) = self.query::<String>(cmd, timeout).await?;
+        if text.len() as u64 > self.max_reply_bytes {
+            return Err(reply_too_large(text.len(), self.max_reply_bytes));
+        }
+        Ok((text, own_id))
     }
 
     /// [`Self::query_text`] for any reply type.
@@ -234,7 +250,7 @@ impl NodeClient {
                 }
             };
         match result {
-            Ok(text) => Ok((text, own_id)),
+            Ok(reply) => Ok((reply, own_id)),
             Err(e) => {
                 if e.is_io_error()
                     || e.is_timeout()
@@ -269,6 +285,14 @@ impl NodeClient {
                 None
             }
         }
+    }
+}
+
+/// A reply past the cap: the poll fails as a DAS answer past its cap does.
+fn reply_too_large(len: usize, max: u64) -> PollError {
+    PollError::Other {
+        code: "invalid_response",
+        message: format!("a reply of {len} bytes exceeds das.max_body_bytes ({max})"),
     }
 }
 

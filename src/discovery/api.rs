@@ -15,6 +15,12 @@ pub const API_VERSION: &str = "2015-01-01";
 pub const PAGE_SIZE: u32 = 50;
 /// A runaway paging loop (a server that never says it is done) stops here: 100,000 instances.
 pub const MAX_PAGES: u32 = 2_000;
+/// The most instances one `[[discovery]]` block yields, all its regions together. Paging stops
+/// once a region has given this many, and what passes the bound is dropped with a warning: an
+/// inventory (or a server) cannot grow the polling fleet, its memory and its series without end.
+pub const MAX_INSTANCES_PER_BLOCK: usize = 10_000;
+/// The largest DescribeInstances page read (50 instances are a few tens of KiB; tags can be many).
+pub const MAX_PAGE_BYTES: u64 = 16 * 1024 * 1024;
 /// Label names the inventory facts get on `redis_session_instance_info`.
 pub const LABEL_NAME: &str = "instance_name";
 pub const LABEL_REGION: &str = "region";
@@ -148,9 +154,11 @@ pub fn decode_page(body: &[u8]) -> Result<Page, acs::Error> {
 }
 
 /// The page to read after `page`, or `None` when every page is read: the page was short or
-/// empty, or `seen` (instances so far) reached the `TotalCount` the server announced.
+/// empty, or `seen` (instances so far) reached the `TotalCount` the server announced or
+/// [`MAX_INSTANCES_PER_BLOCK`].
 pub fn next_page(page: u32, on_page: usize, seen: usize, total: Option<u64>) -> Option<u32> {
     let done = on_page == 0
+        || seen >= MAX_INSTANCES_PER_BLOCK
         || match total {
             Some(t) => seen as u64 >= t,
             None => on_page < PAGE_SIZE as usize,
@@ -174,7 +182,8 @@ pub fn tag_label(key: &str) -> String {
 
 /// Keeps the instances of `region` that match every filter of `cfg` (the API applies them too;
 /// checking again costs nothing and protects against a server that ignores one), minus
-/// `exclude`, deduplicated (pages can overlap while the inventory changes), in id order.
+/// `exclude`, deduplicated (pages can overlap while the inventory changes), in id order, at
+/// most [`MAX_INSTANCES_PER_BLOCK`] (the first in id order).
 pub fn select(
     cfg: &DiscoveryConfig,
     region: &str,
@@ -215,6 +224,7 @@ pub fn select(
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.truncate(MAX_INSTANCES_PER_BLOCK);
     out
 }
 
@@ -513,6 +523,27 @@ mod tests {
             let ok = name == "region" || check_label_name(name).is_ok();
             assert!(ok, "{name} is not a usable label name");
         }
+    }
+
+    /// A region with more instances than a block may yield: paging stops at the bound, and the
+    /// selection keeps exactly the bound, the first in id order.
+    #[test]
+    fn a_block_yields_at_most_ten_thousand() {
+        let b = block("regions = [\"cn-hangzhou\"]");
+        assert_eq!(next_page(1, 50, 9_950, Some(20_000)), Some(2));
+        assert_eq!(
+            next_page(1, 50, MAX_INSTANCES_PER_BLOCK, Some(20_000)),
+            None
+        );
+        assert_eq!(next_page(1, 50, MAX_INSTANCES_PER_BLOCK, None), None);
+        let found: Vec<InventoryInstance> = (0..MAX_INSTANCES_PER_BLOCK + 50)
+            .rev()
+            .map(|i| inst(&format!("r-{i:05}"), "cn-hangzhou", &[]))
+            .collect();
+        let got = select(&b, "cn-hangzhou", &found);
+        assert_eq!(got.len(), MAX_INSTANCES_PER_BLOCK);
+        assert_eq!(got[0].id, "r-00000");
+        assert_eq!(got.last().unwrap().id, "r-09999");
     }
 
     #[test]

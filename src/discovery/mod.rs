@@ -17,8 +17,8 @@ use crate::config::InstanceConfig;
 
 pub use api::{
     decode_page, next_page, request_params, select, tag_label, to_instance, InventoryInstance,
-    Page, Tag, Tags, ACTION, API_VERSION, LABEL_ARCHITECTURE, LABEL_NAME, LABEL_REGION, MAX_PAGES,
-    PAGE_SIZE, TAG_PREFIX,
+    Page, Tag, Tags, ACTION, API_VERSION, LABEL_ARCHITECTURE, LABEL_NAME, LABEL_REGION,
+    MAX_INSTANCES_PER_BLOCK, MAX_PAGES, PAGE_SIZE, TAG_PREFIX,
 };
 pub use task::{start, Discovery, Shared};
 
@@ -49,6 +49,30 @@ pub struct Update {
     pub instances: Vec<InstanceConfig>,
 }
 
+/// Keeps the lists of one block (`generation`, `block`) within [`MAX_INSTANCES_PER_BLOCK`] all
+/// regions together: regions in name order, each list in id order, what passes the bound
+/// dropped. Returns how many were dropped (each region's own list is already bounded by
+/// [`select`]).
+pub fn cap_block(
+    discovered: &mut std::collections::BTreeMap<SourceKey, Vec<InstanceConfig>>,
+    generation: u64,
+    block: usize,
+) -> usize {
+    let (mut kept, mut dropped) = (0usize, 0usize);
+    for (_, list) in discovered
+        .iter_mut()
+        .filter(|(k, _)| k.generation == generation && k.block == block)
+    {
+        let room = MAX_INSTANCES_PER_BLOCK.saturating_sub(kept);
+        if list.len() > room {
+            dropped += list.len() - room;
+            list.truncate(room);
+        }
+        kept += list.len();
+    }
+    dropped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +85,29 @@ mod tests {
             region: "cn-hangzhou".into(),
         };
         assert_eq!(k.to_string(), "discovery#7[2]/cn-hangzhou");
+    }
+
+    #[test]
+    fn a_block_keeps_ten_thousand_across_its_regions() {
+        use std::collections::BTreeMap;
+        let key = |block: usize, region: &str| SourceKey {
+            generation: 1,
+            block,
+            region: region.into(),
+        };
+        let list = |prefix: &str, n: usize| -> Vec<InstanceConfig> {
+            (0..n)
+                .map(|i| InstanceConfig::new(format!("{prefix}-{i:05}")))
+                .collect()
+        };
+        let mut d = BTreeMap::new();
+        d.insert(key(0, "cn-beijing"), list("b", 6_000));
+        d.insert(key(0, "cn-hangzhou"), list("h", 6_000));
+        d.insert(key(1, "cn-hangzhou"), list("o", 6_000));
+        assert_eq!(cap_block(&mut d, 1, 0), 2_000);
+        assert_eq!(d[&key(0, "cn-beijing")].len(), 6_000);
+        assert_eq!(d[&key(0, "cn-hangzhou")].len(), 4_000);
+        assert_eq!(d[&key(1, "cn-hangzhou")].len(), 6_000, "another block");
+        assert_eq!(cap_block(&mut d, 1, 0), 0, "already within");
     }
 }

@@ -43,15 +43,19 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Calls through `acs` (the client DAS uses: `[das] timeout` and `max_body_bytes` apply per
-    /// request), signing with `credentials`, and counts into `metrics`.
+    /// Calls through `acs` (the client DAS uses: `[das] timeout` applies per request; a page is
+    /// read under its own 16 MiB cap), signing with `credentials`, and counts into `metrics`.
     pub fn new(
         acs: acs::Client,
         credentials: Arc<dyn CredentialProvider>,
         metrics: ProcessMetrics,
     ) -> Self {
         Self {
-            acs,
+            // A page has its own bound, whatever `[das] max_body_bytes` allows a session list.
+            acs: acs.with_body_cap(
+                super::api::MAX_PAGE_BYTES,
+                "the 16 MiB cap of a DescribeInstances page",
+            ),
             credentials,
             metrics,
             last: Mutex::new(BTreeMap::new()),
@@ -142,6 +146,10 @@ impl Shared {
                 None => break,
             }
         }
+        if found.len() >= super::MAX_INSTANCES_PER_BLOCK {
+            tracing::warn!(region, max = super::MAX_INSTANCES_PER_BLOCK,
+                "discovery found more instances in a region than a block may poll; keeping the first in id order");
+        }
         Ok(select(cfg, region, &found))
     }
 }
@@ -231,5 +239,50 @@ async fn run_pair(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(cfg.refresh) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::{Credentials, StaticProvider};
+
+    /// A page is read under 16 MiB even when `[das] max_body_bytes` allows 64: a page that
+    /// announces 17 MiB fails the refresh as `invalid_response`, naming the page cap.
+    #[tokio::test]
+    async fn a_page_over_16_mib_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{{",
+                17 * 1024 * 1024
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+        });
+        let das = acs::Client::new(
+            Duration::from_secs(5),
+            64 * 1024 * 1024,
+            "das.max_body_bytes",
+        )
+        .unwrap();
+        let shared = Shared::new(
+            das,
+            Arc::new(StaticProvider::new(Credentials::new("id", "secret", None))),
+            ProcessMetrics::new("t"),
+        );
+        let cfg: DiscoveryConfig =
+            toml::from_str(&format!("regions = [\"r\"]\nendpoint = \"http://{addr}\"")).unwrap();
+        let e = shared.refresh(&cfg, "r").await.unwrap_err();
+        assert_eq!(e.code(), "invalid_response");
+        assert!(
+            e.to_string()
+                .contains("16 MiB cap of a DescribeInstances page"),
+            "{e}"
+        );
     }
 }

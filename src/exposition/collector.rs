@@ -16,7 +16,8 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::families::{Fam, FAMILIES};
-use crate::snapshot::{flag_name, Distribution, FLAG_UNKNOWN};
+use crate::snapshot::{flag_name, Distribution, DB_OTHER, FLAG_UNKNOWN};
+use crate::sticky::OTHER;
 use crate::store::{InstanceEntry, InstanceSeries, Store};
 
 /// The registry's view of the store.
@@ -143,7 +144,11 @@ fn samples(fam: Fam, s: &InstanceSeries, out: &mut impl Out) -> fmt::Result {
         (Fam::ByCommand, Some(s), _) => pairs(out, "command", &s.by_command),
         (Fam::ByDb, Some(s), _) => {
             for (db, n) in &s.by_db {
-                let db = db.map(|d| d.to_string()).unwrap_or_default();
+                let db = match db {
+                    Some(DB_OTHER) => OTHER.to_owned(),
+                    Some(d) => d.to_string(),
+                    None => String::new(),
+                };
                 out.gauge(&[("db", &db)], *n)?;
             }
             Ok(())

@@ -46,7 +46,7 @@ macro_rules! families {
 
 families! {
     Sessions => "redis_sessions", Gauge,
-        "Client sessions per proxy or data node, from the last successful poll (fetched in the background).";
+        "Client sessions per proxy or data node, from the last successful poll (fetched in the background); beyond max_nodes, summed in node_id=\"other\".";
     SessionsReported => "redis_sessions_reported", Gauge,
         "Total number of sessions as reported by the API (Data.Total).";
     Unlisted => "redis_sessions_unlisted", Gauge,
@@ -56,7 +56,7 @@ families! {
     ByCommand => "redis_sessions_by_command", Gauge,
         "Sessions per last command run (lower-cased); beyond max_commands, summed in command=\"other\".";
     ByDb => "redis_sessions_by_db", Gauge,
-        "Sessions per selected database.";
+        "Sessions per selected database; databases outside 0-255 summed in db=\"other\".";
     ByFlag => "redis_sessions_by_flag", Gauge,
         "Sessions having each client flag.";
     ByClientName => "redis_sessions_by_client_name", Gauge,

@@ -593,3 +593,99 @@ fn unlisted_sessions_are_the_reported_ones_not_listed_never_negative() {
         "unknown: absent"
     );
 }
+
+/// Error codes come from the API verbatim: an instance (or a region) gets a series for at most
+/// 32 distinct codes, every further code counts under `code="other"`, a code already held keeps
+/// counting on its own series, and other owners are not affected.
+#[test]
+fn error_codes_per_owner_are_capped_at_32() {
+    use crate::metrics::MAX_CODES_PER_OWNER;
+    let (store, metrics) = fixture();
+    for i in 0..40 {
+        metrics.poll_finished("r-codes", Err(&format!("Invented.Code{i:02}")));
+        metrics.discovery_failed("cn-codes", &format!("Invented.Code{i:02}"));
+    }
+    metrics.poll_finished("r-codes", Err("Invented.Code00"));
+    metrics.poll_finished("r-codes", Err("Invented.Code39"));
+    let out = encode(Format::Text, &registry(store, &metrics), 0).unwrap();
+    for (family, owner_label, owner) in [
+        (
+            "redis_session_exporter_poll_errors_total",
+            "instance_id",
+            "r-codes",
+        ),
+        (
+            "redis_session_exporter_discovery_errors_total",
+            "region",
+            "cn-codes",
+        ),
+    ] {
+        let series: Vec<Sample> = out
+            .lines()
+            .filter(|l| l.starts_with(family))
+            .map(parse_sample)
+            .filter(|(_, l, _)| l.get(owner_label).map(String::as_str) == Some(owner))
+            .collect();
+        assert_eq!(
+            series.len(),
+            MAX_CODES_PER_OWNER + 1,
+            "{family}: {series:?}"
+        );
+        let count = |code: &str| {
+            series
+                .iter()
+                .find(|(_, l, _)| l["code"] == code)
+                .map(|s| s.2)
+        };
+        let extra = if owner == "r-codes" { 1.0 } else { 0.0 };
+        assert_eq!(count("other"), Some(8.0 + extra), "{family}");
+        assert_eq!(count("Invented.Code00"), Some(1.0 + extra), "{family}");
+        assert_eq!(count("Invented.Code31"), Some(1.0), "{family}");
+        assert_eq!(count("Invented.Code32"), None, "{family}");
+    }
+    // Another instance keeps its own codes.
+    assert!(out.contains(
+        "redis_session_exporter_poll_errors_total{instance_id=\"r-down\",code=\"Throttling.User\"} 2"
+    ));
+}
+
+/// A database past 0–255 is exported as `db="other"`, beside the real numbers and the empty
+/// value of an answer without `Db`.
+#[test]
+fn databases_past_255_are_exported_as_other() {
+    let mut f = Fold::new();
+    for db in [Some(3), Some(256), Some(-1), Some(i64::MAX), None] {
+        f.add(&SessionView {
+            node_id: "p1",
+            cmd: "get",
+            db,
+            multi: -1,
+            ..Default::default()
+        });
+    }
+    let store = Arc::new(Store::new());
+    store.publish(InstanceEntry {
+        status: Status::Up { sessions: 5 },
+        series: Some(InstanceSeries {
+            info_labels: BTreeMap::new(),
+            snapshot: Some(f.finish(&Limits::default(), None, None)),
+            last_success_unix: Some(1.0),
+            snapshot_timestamp_unix: None,
+            last_duration_seconds: None,
+            max_connections: None,
+        }),
+        ..InstanceEntry::pending("r-dbs")
+    });
+    let out = encode(Format::Text, &registry(store, &ProcessMetrics::new("t")), 0).unwrap();
+    let dbs: BTreeMap<String, f64> = out
+        .lines()
+        .filter(|l| l.starts_with("redis_sessions_by_db{"))
+        .map(parse_sample)
+        .map(|(_, l, v)| (l["db"].clone(), v))
+        .collect();
+    let want: BTreeMap<String, f64> = [("", 1.0), ("3", 1.0), ("other", 3.0)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(dbs, want, "{out}");
+}

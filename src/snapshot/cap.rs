@@ -10,6 +10,7 @@ use super::{Limits, Snapshot};
 /// polls the instance; starts empty.
 #[derive(Debug, Default)]
 pub struct Caps {
+    nodes: Sticky<String>,
     sources: Sticky<String>,
     commands: Sticky<String>,
     client_names: Sticky<String>,
@@ -28,6 +29,7 @@ impl Snapshot {
         attribution: Option<&Attribution>,
     ) {
         use std::mem::take;
+        self.by_node = cap_counts(take(&mut self.by_node), limits.max_nodes, &mut caps.nodes);
         self.by_source = cap_counts(
             take(&mut self.by_source),
             limits.max_sources,

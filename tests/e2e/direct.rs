@@ -959,3 +959,38 @@ async fn a_rotated_password_file_is_read_at_reconnect() {
         "a password in the log:\n{out}"
     );
 }
+
+/// `CLIENT LIST` replies are taken only up to `[das] max_body_bytes`: with the smallest cap
+/// (1 KiB) and a dozen clients (about 3 KiB of reply) the instance is down with
+/// `code="invalid_response"` and no figure; the reply is never parsed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_over_max_body_bytes_fails_the_poll() {
+    let r = Redis::start(&[]);
+    let clients: Vec<TcpStream> = (0..12)
+        .map(|i| r.client(&[&["CLIENT", "SETNAME", &format!("app-{i:02}")]]))
+        .collect();
+    let cfg = direct_config(&format!(
+        "[[instances]]\nid = \"r-big\"\nsource = \"direct\"\naddress = \"redis://127.0.0.1:{}\"\n",
+        r.port
+    ))
+    .replace("[das]\n", "[das]\nmax_body_bytes = 1024\n");
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    let text = scrape_until((&exporter_proc, exporter), "a failed poll", |t| {
+        !by_labels(t, "redis_session_exporter_poll_errors_total", "r-big").is_empty()
+    })
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_session_exporter_poll_errors_total", "r-big")
+            .into_keys()
+            .collect::<Vec<_>>(),
+        vec!["code=\"invalid_response\"".to_owned()]
+    );
+    assert_eq!(
+        by_labels(&text, "redis_session_up", "r-big"),
+        map(&[("", 0.0)])
+    );
+    assert!(by_labels(&text, "redis_sessions", "r-big").is_empty());
+    let out = exporter_proc.output();
+    assert!(out.contains("exceeds das.max_body_bytes (1024)"), "{out}");
+    drop(clients);
+}
