@@ -423,3 +423,117 @@ async fn silent_trickling_and_idle_keep_alive_connections_are_closed_on_time() {
          (header_read_timeout {HEADER_READ_TIMEOUT:?}); idle keep-alive {idle_for:.1?} (idle_timeout {IDLE_TIMEOUT:?})"
     );
 }
+
+/// The exporter's resident memory, from `/proc/PID/status`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+const SLOW_READERS: usize = 100;
+const FLEET: usize = 1_000;
+
+/// A plain-text scrape that reads the head and a little of the body, then stops reading: with
+/// a small receive buffer the exporter's write soon blocks, so the response stays in flight.
+async fn slow_reader(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: exporter\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    s
+}
+
+/// Issue 13's proof at fleet size: 1,000 instances, 100 plain-text scrapes that stop reading
+/// mid-body while an honest scraper keeps scraping. The plain body is cached and shared, so
+/// the 100 stuck responses hold one copy between them: the exporter's RSS grows by far less
+/// than one body per reader. Then SIGTERM with all of them still open: the process exits 0
+/// within `shutdown_timeout` + 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_share_one_body_and_sigterm_exits_on_time() {
+    raise_open_files(4 * 1024);
+    let (_sim, sim) = start_simulator("sessions = 120\n");
+    let (mut exporter, addr) = start_exporter(&config(sim, FLEET, ""), &[]);
+    wait_ready(addr, Duration::from_secs(600)).await;
+    let pid = exporter.child.id();
+    // One plain scrape builds the body the readers will share; its size is the unit. One
+    // OpenMetrics gzip scrape builds the honest scraper's (a debug build takes a while).
+    let body = scrape_text(addr).await.len() as u64;
+    let (status, _, _) = get(
+        addr,
+        "/metrics",
+        &[("accept", OM_ACCEPT), ("accept-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let baseline_rss = rss_bytes(pid);
+    let baseline_fds = socket_fds(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = tokio::spawn(honest_scraper(addr, stop.clone()));
+    let readers: Vec<TcpStream> =
+        futures_util::future::join_all((0..SLOW_READERS).map(|_| slow_reader(addr))).await;
+    // Every reader is answering and stuck; let the exporter settle with them, sampling RSS.
+    let mut peak_rss = 0;
+    for _ in 0..20 {
+        peak_rss = peak_rss.max(rss_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = socket_fds(pid);
+    stop.store(true, Ordering::Release);
+    let scrapes = scraper.await.unwrap();
+    let (n, p50, p99, max) = check_scrapes(&scrapes, 3);
+    let grown = peak_rss.saturating_sub(baseline_rss);
+    // The listener besides the readers (pooled connections to the simulator come and go).
+    assert!(
+        held > SLOW_READERS,
+        "the slow readers are not all held: {held} sockets, {baseline_fds} before"
+    );
+    // One private copy per reader would be 100 bodies; shared, the growth is connection
+    // state plus at most a few bodies (a rebuild while the old one is still being written).
+    assert!(
+        grown < 10 * body,
+        "RSS grew by {grown} bytes with {SLOW_READERS} slow readers of a {body}-byte body"
+    );
+
+    // SIGTERM with every slow reader still open mid-response.
+    // Not at EOF: unread bytes wait (or none have come yet), the response is still going.
+    let mid_response = |s: &TcpStream| {
+        let mut b = [0u8; 1];
+        match s.try_read(&mut b) {
+            Ok(n) => n > 0,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    };
+    assert!(
+        readers.iter().all(mid_response),
+        "a slow reader was closed early"
+    );
+    let signalled = Instant::now();
+    exporter.signal("TERM");
+    let status = wait_exited(&mut exporter);
+    let exited_after = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        exited_after <= SHUTDOWN_TIMEOUT + Duration::from_secs(5),
+        "SIGTERM took {exited_after:?} with {SLOW_READERS} responses in flight (shutdown_timeout {SHUTDOWN_TIMEOUT:?})"
+    );
+    println!(
+        "front_door: {FLEET} instances, plain body {body} bytes; {SLOW_READERS} slow readers held ({held} sockets, \
+         {baseline_fds} before): RSS {} MiB before, peak {} MiB (+{} MiB, {:.2} bodies); honest scraper: {n} scrapes, \
+         p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?}; SIGTERM to exit {exited_after:.1?} (shutdown_timeout {SHUTDOWN_TIMEOUT:?})",
+        baseline_rss >> 20,
+        peak_rss >> 20,
+        grown >> 20,
+        grown as f64 / body as f64
+    );
+    drop(readers);
+}
