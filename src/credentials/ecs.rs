@@ -10,7 +10,6 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use futures_util::future::BoxFuture;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::oidc::parse_expiration;
 use super::refresh::Fetch;
@@ -104,22 +103,17 @@ pub fn parse_credentials(
     }
 }
 
-/// What a path segment must escape: everything but RFC 3986's unreserved characters (letters,
-/// digits, `-._~`), which stay as written: the metadata service matches the path literally, so
-/// `redis-session-exporter` requested as `redis%2Dsession%2Dexporter` would be an unknown role.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// `role` as one path segment. A name of dots only (`.`, `..`) would be read as a dot segment
-/// and climb out of the credentials directory, so its dots are escaped.
+/// `role` as one path segment: everything but RFC 3986's unreserved characters (letters, digits,
+/// `-._~`) is escaped — the set the request signer already encodes with — and those stay as
+/// written: the metadata service matches the path literally, so `redis-session-exporter`
+/// requested as `redis%2Dsession%2Dexporter` would be an unknown role. A name of dots only (`.`,
+/// `..`) would be read as a dot segment and climb out of the credentials directory, so its dots
+/// are escaped.
 fn path_segment(role: &str) -> String {
     if role.bytes().all(|b| b == b'.') {
         return role.replace('.', "%2E");
     }
-    utf8_percent_encode(role, PATH_SEGMENT).to_string()
+    crate::acs::sign::percent_encode(role)
 }
 
 /// Talks to the metadata service for the provider `name`.
