@@ -14,6 +14,7 @@ pub mod client_list;
 pub mod cluster;
 mod node;
 mod tls;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

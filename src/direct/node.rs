@@ -1,5 +1,6 @@
 //! One node's reused connection: connect (password and TLS files read at each connect), name
-//! it, run a command under a timeout, and classify what the Redis client reports.
+//! it, run a command under a timeout with a bound on what its reply may read, and classify what
+//! the Redis client reports.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind};
+use tokio_util::task::AbortOnDropHandle;
 
+use super::wire::{self, Capped, ReadBudget};
 use super::CLIENT_NAME;
 use crate::config::{read_password, Endpoint, TlsFiles};
 use crate::source::PollError;
@@ -91,11 +94,30 @@ pub(super) struct Auth {
     pub(super) tls: TlsFiles,
 }
 
+/// What the handshake may read: the replies to AUTH, HELLO (a map of a dozen short fields),
+/// SELECT, CLIENT SETINFO, SETNAME and ID.
+const HANDSHAKE_BYTES: u64 = 64 * 1024;
+/// What `CONFIG GET maxclients` may read (a two-element array of short strings).
+const CONFIG_REPLY_BYTES: u64 = 4 * 1024;
+/// A bulk reply's framing around its text: `$<length>\r\n` before it, `\r\n` after.
+const FRAMING_BYTES: u64 = 64;
+
+/// An open connection: the multiplexed handle, its own client id, the budget its reads are
+/// spent from, and the task that drives it (aborted when the last clone is dropped, which closes
+/// the socket).
+#[derive(Clone)]
+struct Conn {
+    mux: MultiplexedConnection,
+    own_id: Option<u64>,
+    budget: Arc<ReadBudget>,
+    _driver: Arc<AbortOnDropHandle<()>>,
+}
+
 /// One node's reused connection.
 pub struct NodeClient {
     endpoint: Endpoint,
     auth: Auth,
-    conn: tokio::sync::Mutex<Option<(MultiplexedConnection, Option<u64>)>>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
     pub(super) last_used: Mutex<Instant>,
     /// The largest reply taken; see [`NodeClient::with_reply_cap`].
     max_reply_bytes: u64,
@@ -130,10 +152,9 @@ impl NodeClient {
         }
     }
 
-    /// Refuses replies larger than `max` bytes (`invalid_response`) before they are parsed.
-    /// redis-rs reads a reply whole before handing it over, so this bounds the parsing and
-    /// everything after it; while it is read, a reply is bounded by the server's own
-    /// `proto-max-bulk-len` (512 MB by default).
+    /// Refuses replies larger than `max` bytes (`invalid_response`): the connection reads no
+    /// more than that (and the reply's framing) per request, see [`wire`], and closes when a
+    /// reply goes past it.
     pub fn with_reply_cap(mut self, max: u64) -> Self {
         self.max_reply_bytes = max;
         self
@@ -149,11 +170,8 @@ impl NodeClient {
         &self.endpoint.node_id
     }
 
-    async fn connect(
-        &self,
-        timeout: Duration,
-    ) -> Result<(MultiplexedConnection, Option<u64>), PollError> {
-        let mut info = self
+    async fn connect(&self, timeout: Duration) -> Result<Conn, PollError> {
+        let info = self
             .endpoint
             .url
             .as_str()
@@ -173,37 +191,48 @@ impl NodeClient {
             })?;
             settings = settings.set_password(password);
         }
-        info = info.set_redis_settings(settings);
-        let client = if self.auth.tls.is_empty() {
-            redis::Client::open(info)
-        } else {
-            redis::Client::build_with_tls(info, super::tls::certificates(&self.auth.tls)?)
-        }
-        .map_err(|e| classify(&e))?;
+        // The stream is opened here rather than by the Redis client so that its reads can be
+        // bounded (see `wire`); the client then runs its handshake over it.
+        let budget = Arc::new(ReadBudget::default());
+        let stream = wire::open(info.addr(), &self.auth.tls).await?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| classify(&e))?;
+        let handshake = budget.grant(HANDSHAKE_BYTES);
+        let (mut mux, driver) = MultiplexedConnection::new_with_config(
+            &settings,
+            Capped::new(stream, Arc::clone(&budget)),
+            config,
+        )
+        .await
+        .map_err(|e| over_cap_or(&budget, &e, HANDSHAKE_BYTES))?;
+        let driver = Arc::new(AbortOnDropHandle::new(tokio::spawn(driver)));
         // Naming is what keeps this connection (and other exporters') out of the figures; an ACL
         // that forbids it is survivable, because the connection's own id is excluded too.
         let named: Result<(), RedisError> = redis::cmd("CLIENT")
             .arg("SETNAME")
             .arg(CLIENT_NAME)
-            .query_async(&mut conn)
+            .query_async(&mut mux)
             .await;
         if let Err(e) = named {
             tracing::warn!(node = %self.endpoint.node_id, error = %e, "CLIENT SETNAME refused; excluding this connection by id");
         }
         let own_id: Option<u64> = redis::cmd("CLIENT")
             .arg("ID")
-            .query_async(&mut conn)
+            .query_async(&mut mux)
             .await
             .ok();
+        drop(handshake);
+        if budget.exceeded() {
+            return Err(reply_over_cap(HANDSHAKE_BYTES));
+        }
         tracing::debug!(node = %self.endpoint.node_id, "connected");
-        Ok((conn, own_id))
+        Ok(Conn {
+            mux,
+            own_id,
+            budget,
+            _driver: driver,
+        })
     }
 
     /// Runs `cmd` on the node's connection (opening it if needed) and returns the text reply and
@@ -213,21 +242,24 @@ impl NodeClient {
         cmd: &redis::Cmd,
         timeout: Duration,
     ) -> Result<(String, Option<u64>), PollError> {
-        let (text, own_id) = self.query::<String>(cmd, timeout).await?;
+        let allowance = self.max_reply_bytes.saturating_add(FRAMING_BYTES);
+        let (text, own_id) = self.query::<String>(cmd, timeout, allowance).await?;
+        // The stream's bound counts framing too; the cap itself is on the text.
         if text.len() as u64 > self.max_reply_bytes {
-            return Err(reply_too_large(text.len(), self.max_reply_bytes));
+            return Err(reply_over_cap(self.max_reply_bytes));
         }
         Ok((text, own_id))
     }
 
-    /// [`Self::query_text`] for any reply type.
+    /// [`Self::query_text`] for any reply type, reading at most `allowance` bytes for it.
     async fn query<T: redis::FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
         timeout: Duration,
+        allowance: u64,
     ) -> Result<(T, Option<u64>), PollError> {
         *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        let (mut conn, own_id) = {
+        let mut conn = {
             let mut guard = self.conn.lock().await;
             match &*guard {
                 Some(c) => c.clone(),
@@ -241,16 +273,18 @@ impl NodeClient {
                 }
             }
         };
+        let grant = conn.budget.grant(allowance);
         let result: Result<T, RedisError> =
-            match tokio::time::timeout(timeout, cmd.query_async(&mut conn)).await {
+            match tokio::time::timeout(timeout, cmd.query_async(&mut conn.mux)).await {
                 Ok(r) => r,
                 Err(_) => {
                     *self.conn.lock().await = None;
                     return Err(PollError::Timeout(timeout));
                 }
             };
+        drop(grant);
         match result {
-            Ok(reply) => Ok((reply, own_id)),
+            Ok(reply) => Ok((reply, conn.own_id)),
             Err(e) => {
                 if e.is_io_error()
                     || e.is_timeout()
@@ -259,7 +293,10 @@ impl NodeClient {
                 {
                     *self.conn.lock().await = None;
                 }
-                Err(with_timeout(classify(&e), timeout))
+                Err(with_timeout(
+                    over_cap_or(&conn.budget, &e, self.max_reply_bytes),
+                    timeout,
+                ))
             }
         }
     }
@@ -276,7 +313,7 @@ impl NodeClient {
     pub async fn maxclients(&self, timeout: Duration) -> Option<u64> {
         let cmd = redis::cmd("CONFIG").arg("GET").arg("maxclients").clone();
         match self
-            .query::<std::collections::HashMap<String, String>>(&cmd, timeout)
+            .query::<std::collections::HashMap<String, String>>(&cmd, timeout, CONFIG_REPLY_BYTES)
             .await
         {
             Ok((reply, _)) => reply.get("maxclients")?.trim().parse().ok(),
@@ -289,10 +326,22 @@ impl NodeClient {
 }
 
 /// A reply past the cap: the poll fails as a DAS answer past its cap does.
-fn reply_too_large(len: usize, max: u64) -> PollError {
+fn reply_over_cap(max: u64) -> PollError {
     PollError::Other {
         code: "invalid_response",
-        message: format!("a reply of {len} bytes exceeds das.max_body_bytes ({max})"),
+        message: format!(
+            "a reply exceeds das.max_body_bytes ({max}); it was read no further and the connection was closed"
+        ),
+    }
+}
+
+/// The client's error, unless the connection failed because a read went past its budget: then
+/// the reply was too large, which the client itself only sees as an I/O error.
+fn over_cap_or(budget: &ReadBudget, e: &RedisError, max: u64) -> PollError {
+    if budget.exceeded() {
+        reply_over_cap(max)
+    } else {
+        classify(e)
     }
 }
 

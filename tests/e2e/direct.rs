@@ -997,3 +997,76 @@ async fn a_reply_over_max_body_bytes_fails_the_poll() {
     assert!(out.contains("exceeds das.max_body_bytes (1024)"), "{out}");
     drop(clients);
 }
+
+/// The cap holds while the reply is read, not only after: a client named with 96 MiB makes every
+/// `CLIENT LIST` reply larger than that, and with `max_body_bytes` at 1 MiB the exporter reads
+/// about 1 MiB of each, fails the poll and closes the connection. Its resident peak stays below
+/// the size of one reply (it would hold a reply twice over if it buffered it whole).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_over_the_cap_is_not_read_into_memory() {
+    const NAME_BYTES: usize = 96 << 20;
+    let r = Redis::start(&[]);
+    let mut big = r.client(&[]);
+    send(&mut big, &["CLIENT", "SETNAME", &"n".repeat(NAME_BYTES)]);
+    big.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut ok = [0u8; 5];
+    big.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    let cfg = direct_config(&format!(
+        "[[instances]]\nid = \"r-huge\"\nsource = \"direct\"\naddress = \"redis://127.0.0.1:{}\"\n",
+        r.port
+    ))
+    .replace("[das]\n", "[das]\nmax_body_bytes = 1048576\n");
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    let text = scrape_until((&exporter_proc, exporter), "three refused replies", |t| {
+        by_labels(t, "redis_session_exporter_poll_errors_total", "r-huge")
+            .get("code=\"invalid_response\"")
+            .is_some_and(|n| *n >= 3.0)
+    })
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_session_up", "r-huge"),
+        map(&[("", 0.0)])
+    );
+    let peak_kib = memory_kib(exporter_proc.child.id(), "VmHWM");
+    println!(
+        "direct: resident peak {peak_kib} KiB after refusing three replies of > {NAME_BYTES} bytes"
+    );
+    assert!(
+        peak_kib > 0 && peak_kib < (NAME_BYTES / 1024) as u64,
+        "the exporter's resident peak ({peak_kib} KiB) reached the size of one reply"
+    );
+    let out = exporter_proc.output();
+    assert!(out.contains("read no further"), "{out}");
+    drop(big);
+}
+
+/// A node reached over a Unix socket (`unix://`): its clients are counted under the socket
+/// path as `node_id`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_on_a_unix_socket() {
+    let r = Redis::start(&[]);
+    let sock = r.socket().display().to_string();
+    let _clients: Vec<TcpStream> = (0..2)
+        .map(|i| r.client(&[&["CLIENT", "SETNAME", &format!("app-{i}")]]))
+        .collect();
+    let cfg = direct_config(&format!(
+        "[[instances]]\nid = \"r-unix\"\nsource = \"direct\"\naddress = \"unix://{sock}\"\n"
+    ));
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    let text = scrape_until((&exporter_proc, exporter), "two sessions", |t| {
+        by_labels(t, "redis_sessions", "r-unix")
+            .values()
+            .sum::<f64>()
+            == 2.0
+    })
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_sessions", "r-unix"),
+        map(&[(&format!("node_id=\"{sock}\""), 2.0)])
+    );
+    assert_eq!(
+        by_labels(&text, "redis_session_up", "r-unix"),
+        map(&[("", 1.0)])
+    );
+}

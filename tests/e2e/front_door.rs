@@ -424,16 +424,6 @@ async fn silent_trickling_and_idle_keep_alive_connections_are_closed_on_time() {
     );
 }
 
-/// The exporter's resident memory, from `/proc/PID/status`.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 const SLOW_READERS: usize = 100;
 const FLEET: usize = 1_000;
 
@@ -474,7 +464,7 @@ async fn slow_readers_share_one_body_and_sigterm_exits_on_time() {
     )
     .await;
     assert_eq!(status, 200);
-    let baseline_rss = rss_bytes(pid);
+    let baseline_rss = memory_kib(pid, "VmRSS") * 1024;
     let baseline_fds = socket_fds(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -484,7 +474,7 @@ async fn slow_readers_share_one_body_and_sigterm_exits_on_time() {
     // Every reader is answering and stuck; let the exporter settle with them, sampling RSS.
     let mut peak_rss = 0;
     for _ in 0..20 {
-        peak_rss = peak_rss.max(rss_bytes(pid));
+        peak_rss = peak_rss.max(memory_kib(pid, "VmRSS") * 1024);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let held = socket_fds(pid);

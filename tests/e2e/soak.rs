@@ -15,15 +15,6 @@ const RUN: Duration = Duration::from_secs(100);
 const WARM_UP: Duration = Duration::from_secs(15);
 const WINDOW: Duration = Duration::from_secs(20);
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 struct Sample {
     at: Duration,
     rss_kib: u64,
@@ -71,7 +62,7 @@ max_client_names = 20
         }
         history.push(Sample {
             at: start.elapsed(),
-            rss_kib: rss_kib(pid),
+            rss_kib: memory_kib(pid, "VmRSS"),
             series: all.len(),
             polls: all
                 .iter()

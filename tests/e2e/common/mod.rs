@@ -402,6 +402,17 @@ pub fn series_of(text: &str, metric: &str, instance: &str) -> BTreeMap<String, f
         .collect()
 }
 
+/// A memory figure of process `pid` in KiB from `/proc/PID/status`: `VmRSS` (resident now) or
+/// `VmHWM` (the resident peak); 0 once the process is gone. Linux-only, like the deploy targets.
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The simulator's request statistics.
 pub async fn sim_stats(sim: SocketAddr) -> serde_json::Value {
     let (_, _, body) = get(sim, "/_sim/stats", &[]).await;
