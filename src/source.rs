@@ -138,6 +138,12 @@ impl Throttle {
         let concurrency = concurrency.max(1);
         let mut params = self.params.lock().unwrap_or_else(|p| p.into_inner());
         let (old, old_rate) = *params;
+        // The rate first: slots added below wake waiters at once (on other threads too), and each
+        // then reads the limiter; it must be the new one, or they all start under the old rate.
+        if per_second.to_bits() != old_rate {
+            self.rate.store(Arc::new(rate_limiter(per_second)));
+            self.rate_changed.notify_waiters();
+        }
         if concurrency > old {
             let mut grow = concurrency - old;
             // Unpaid debt is permits still in flight that were due to retire: cancel those first.
@@ -155,10 +161,6 @@ impl Throttle {
             let shrink = old - concurrency;
             let forgotten = self.permits.forget_permits(shrink);
             self.debt.fetch_add(shrink - forgotten, Ordering::AcqRel);
-        }
-        if per_second.to_bits() != old_rate {
-            self.rate.store(Arc::new(rate_limiter(per_second)));
-            self.rate_changed.notify_waiters();
         }
         *params = (concurrency, per_second.to_bits());
     }
