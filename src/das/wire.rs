@@ -421,8 +421,25 @@ pub fn decode_reference(body: &[u8], limits: &Limits) -> Result<Snapshot, Decode
     let env = EnvelopeSeed(&mut fold)
         .deserialize(&mut de)
         .and_then(|env| de.end().map(|()| env))
-        .map_err(|e| DecodeError::Invalid(truncate(&e.to_string(), 200)))?;
+        .map_err(|e| DecodeError::Invalid(without_long_value(e.to_string(), 200)))?;
     conclude(env, fold, limits)
+}
+
+/// serde_json's message quotes the offending value (`invalid type: string "…", expected a
+/// sequence`). That value comes from the wire and may hold anything, a secret echoed back
+/// included; cutting the message through it would leave a piece that the scrubber (which runs
+/// later, knowing the secrets) no longer recognises. So a message longer than `max` loses the
+/// quoted value whole, and only what is left is cut.
+fn without_long_value(message: String, max: usize) -> String {
+    if message.chars().count() <= max {
+        return message;
+    }
+    match (message.find('"'), message.rfind('"')) {
+        (Some(a), Some(b)) if a < b => {
+            truncate(&format!("{}\"…\"{}", &message[..a], &message[b + 1..]), max)
+        }
+        _ => truncate(&message, max),
+    }
 }
 
 /// Turns a fully read envelope and its fold into the answer's snapshot or error.
@@ -618,6 +635,29 @@ pub(crate) mod tests {
             assert_eq!(capped.len(), 2, "{capped:?}");
             assert_eq!(capped.iter().find(|e| e.0 == "other").unwrap().1, u64::MAX);
         }
+    }
+
+    /// A long value quoted in serde_json's message is left out whole, never cut (a cut piece of
+    /// a secret could no longer be scrubbed); a short one stays, it helps to read the error.
+    #[test]
+    fn a_long_value_in_an_error_is_left_out_whole() {
+        let token = format!("STS.{}", "Fake0Token9".repeat(40));
+        let body = format!(r#"{{"Data":{{"Sessions":"{token}"}}}}"#);
+        for got in [
+            decode(body.as_bytes(), &Limits::default()),
+            decode_reference(body.as_bytes(), &Limits::default()),
+        ] {
+            let Err(DecodeError::Invalid(m)) = got else {
+                panic!("{got:?}")
+            };
+            assert!(!m.contains("STS.Fake0"), "{m}");
+            assert!(m.contains("expected"), "{m}");
+        }
+        let short = decode(br#"{"Data":{"Sessions":"abc"}}"#, &Limits::default());
+        assert!(
+            matches!(&short, Err(DecodeError::Invalid(m)) if m.contains(r#""abc""#)),
+            "{short:?}"
+        );
     }
 
     #[test]
