@@ -148,7 +148,7 @@ struct Inner {
     attribution_errors: Family<CodeLabels, Counter>,
     shard_ordinal: Gauge,
     total_shards: Gauge,
-    api_requests: Family<ApiCodeLabels, Counter>,
+    api_requests: CodeCounters<ApiCodeLabels>,
     build_version: &'static str,
 }
 
@@ -183,7 +183,7 @@ impl ProcessMetrics {
             attribution_errors: Family::default(),
             shard_ordinal: Gauge::default(),
             total_shards: Gauge::default(),
-            api_requests: Family::default(),
+            api_requests: CodeCounters::default(),
             build_version: version,
         };
         // Until a configuration is loaded there is one shard of one.
@@ -383,15 +383,23 @@ impl ProcessMetrics {
 
     /// One HTTP request to a cloud API (`GetRedisAllSession`, `DescribeInstances`,
     /// `AssumeRoleWithOIDC`, `metadata`), retries included: `code` is `ok` or the request's
-    /// bounded error code. Both labels come from a fixed set or an already bounded code.
+    /// error code. `api` is one of a fixed set; the codes come from the API's answers, so they
+    /// are capped per `api` like the poll error codes.
     pub fn api_request(&self, api: &str, code: &str) {
-        self.inner
-            .api_requests
-            .get_or_create(&ApiCodeLabels {
-                api: api.to_owned(),
-                code: code.to_owned(),
-            })
-            .inc();
+        let labels = |code: &str| ApiCodeLabels {
+            api: api.to_owned(),
+            code: code.to_owned(),
+        };
+        if code == "ok" {
+            // Not one of the error codes: never counted as `other`, whatever came before.
+            self.inner
+                .api_requests
+                .family
+                .get_or_create(&labels(code))
+                .inc();
+        } else {
+            self.inner.api_requests.inc(api, code, labels);
+        }
         self.changed();
     }
 
@@ -480,7 +488,7 @@ impl ProcessMetrics {
             registry,
             "redis_session_exporter_api_requests",
             "HTTP requests to the cloud's APIs, retries included, by API and outcome code.",
-            i.api_requests.clone(),
+            i.api_requests.family.clone(),
         );
         register(
             registry,

@@ -594,9 +594,10 @@ fn unlisted_sessions_are_the_reported_ones_not_listed_never_negative() {
     );
 }
 
-/// Error codes come from the API verbatim: an instance (or a region) gets a series for at most
-/// 32 distinct codes, every further code counts under `code="other"`, a code already held keeps
-/// counting on its own series, and other owners are not affected.
+/// Error codes come from the API verbatim: an instance (a region, an API's request counter) gets
+/// a series for at most 32 distinct codes, every further code counts under `code="other"`, a code
+/// already held keeps counting on its own series, and other owners are not affected; `ok` is
+/// never an error code.
 #[test]
 fn error_codes_per_owner_are_capped_at_32() {
     use crate::metrics::MAX_CODES_PER_OWNER;
@@ -604,7 +605,9 @@ fn error_codes_per_owner_are_capped_at_32() {
     for i in 0..40 {
         metrics.poll_finished("r-codes", Err(&format!("Invented.Code{i:02}")));
         metrics.discovery_failed("cn-codes", &format!("Invented.Code{i:02}"));
+        metrics.api_request("DescribeInstances", &format!("Invented.Code{i:02}"));
     }
+    metrics.api_request("DescribeInstances", "ok");
     metrics.poll_finished("r-codes", Err("Invented.Code00"));
     metrics.poll_finished("r-codes", Err("Invented.Code39"));
     let out = encode(Format::Text, &registry(store, &metrics), 0).unwrap();
@@ -619,6 +622,11 @@ fn error_codes_per_owner_are_capped_at_32() {
             "region",
             "cn-codes",
         ),
+        (
+            "redis_session_exporter_api_requests_total",
+            "api",
+            "DescribeInstances",
+        ),
     ] {
         let series: Vec<Sample> = out
             .lines()
@@ -626,9 +634,10 @@ fn error_codes_per_owner_are_capped_at_32() {
             .map(parse_sample)
             .filter(|(_, l, _)| l.get(owner_label).map(String::as_str) == Some(owner))
             .collect();
+        let ok = usize::from(owner == "DescribeInstances");
         assert_eq!(
             series.len(),
-            MAX_CODES_PER_OWNER + 1,
+            MAX_CODES_PER_OWNER + 1 + ok,
             "{family}: {series:?}"
         );
         let count = |code: &str| {
@@ -642,6 +651,9 @@ fn error_codes_per_owner_are_capped_at_32() {
         assert_eq!(count("Invented.Code00"), Some(1.0 + extra), "{family}");
         assert_eq!(count("Invented.Code31"), Some(1.0), "{family}");
         assert_eq!(count("Invented.Code32"), None, "{family}");
+        if ok == 1 {
+            assert_eq!(count("ok"), Some(1.0), "{family}");
+        }
     }
     // Another instance keeps its own codes.
     assert!(out.contains(
