@@ -83,7 +83,7 @@ cargo test --locked --all-targets
 # accept them. Each target runs for FUZZ_SECONDS (default 20; 0 only builds the targets), from
 # the committed seeds and the committed, minimized corpus (fuzz/corpus/<target>, read-only here:
 # new finds go to a scratch directory), with the API's dictionary for the decoders; a crash fails
-# the run and leaves its input in fuzz/artifacts/. CONTRIBUTING.md says how to run longer and
+# the run and leaves its input in fuzz/artifacts/. README.md says how to run longer and
 # grow the committed corpus.
 echo "== cargo fuzz" >&2
 fuzz_seconds="${FUZZ_SECONDS:-20}"
