@@ -20,8 +20,8 @@
 //! "Evictable" is the rule: when all `max_connections` are taken and another arrives,
 //! the connection that has waited longest without a complete request head is closed to make
 //! room; a connection in the middle of a request or response is never closed for that. When
-//! every connection is serving, new ones wait in the kernel's accept queue, holding nothing of
-//! ours.
+//! every connection is serving, the next one waits accepted (its socket only: no task, no
+//! buffer) and the rest in the kernel's accept queue.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -797,12 +797,19 @@ mod tests {
         assert!(serving.close.is_cancelled());
     }
 
-    /// The real server on a loopback socket: a router whose `/slow` answers only when told to.
+    /// Bytes of the `/big` response: far more than loopback socket buffers hold, so a client
+    /// that does not read keeps it from being written.
+    const BIG: usize = 64 << 20;
+
+    /// The real server on a loopback socket: a router whose `/slow` answers only when told to,
+    /// and whose `/big` answers with [`BIG`] bytes.
     async fn server(l: Limits) -> (SocketAddr, Arc<Notify>, CancellationToken) {
         let release = Arc::new(Notify::new());
         let r = release.clone();
+        let big = bytes::Bytes::from(vec![b'x'; BIG]);
         let router = Router::new()
             .route("/ok", axum::routing::get(|| async { "ok" }))
+            .route("/big", axum::routing::get(move || async move { big }))
             .route(
                 "/slow",
                 axum::routing::get(move || {
@@ -898,6 +905,57 @@ mod tests {
             started.elapsed() < Duration::from_secs(5),
             "closed {:?} after the head started: idle_timeout, not header_read_timeout",
             started.elapsed()
+        );
+        stop.cancel();
+    }
+
+    /// `request_timeout` bounds a request from its complete head to the last byte written: a
+    /// handler that has not answered by then gets a 503, and a response still being written
+    /// (its reader stopped reading) is dropped with the connection.
+    #[tokio::test]
+    async fn a_response_not_written_within_request_timeout_is_dropped() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = Limits {
+            request_timeout: Duration::from_millis(400),
+            ..limits(10)
+        };
+        let (addr, _release, stop) = server(l).await;
+
+        let mut stuck = TcpStream::connect(addr).await.unwrap();
+        stuck
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut b = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stuck.read(&mut b))
+            .await
+            .expect("an answer within request_timeout")
+            .unwrap();
+        let head = String::from_utf8_lossy(&b[..n]);
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+
+        let mut reader = TcpStream::connect(addr).await.unwrap();
+        reader
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // Not reading until well past the deadline, then taking whatever arrives.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 20];
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the connection was not closed");
+        assert!(
+            got < BIG,
+            "the whole response was written ({got} bytes) after request_timeout"
         );
         stop.cancel();
     }
