@@ -445,8 +445,9 @@ async fn slow_reader(addr: SocketAddr) -> TcpStream {
 /// Issue 13's proof at fleet size: 1,000 instances, 100 plain-text scrapes that stop reading
 /// mid-body while an honest scraper keeps scraping. The plain body is cached and shared, so
 /// the 100 stuck responses hold one copy between them: the exporter's RSS grows by far less
-/// than one body per reader. Then SIGTERM with all of them still open: the process exits 0
-/// within `shutdown_timeout` + 5 s.
+/// than one body per reader. Then SIGTERM with all of them still open, and the idle and
+/// half-sent flood of the first test opened on top: the process exits 0 within
+/// `shutdown_timeout` + 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_share_one_body_and_sigterm_exits_on_time() {
     raise_open_files(4 * 1024);
@@ -507,6 +508,9 @@ async fn slow_readers_share_one_body_and_sigterm_exits_on_time() {
         readers.iter().all(mid_response),
         "a slow reader was closed early"
     );
+    // And the proof's flood on top, still open on our side when the signal comes: idle
+    // connections and half-sent heads (the exporter holds at most max_connections of them).
+    let flood = open_flood(addr, IDLE, HALF_SENT).await;
     let signalled = Instant::now();
     exporter.signal("TERM");
     let status = wait_exited(&mut exporter);
@@ -514,7 +518,9 @@ async fn slow_readers_share_one_body_and_sigterm_exits_on_time() {
     assert!(status.success(), "exit status {status:?}");
     assert!(
         exited_after <= SHUTDOWN_TIMEOUT + Duration::from_secs(5),
-        "SIGTERM took {exited_after:?} with {SLOW_READERS} responses in flight (shutdown_timeout {SHUTDOWN_TIMEOUT:?})"
+        "SIGTERM took {exited_after:?} with {SLOW_READERS} responses in flight and {} flood \
+         connections open (shutdown_timeout {SHUTDOWN_TIMEOUT:?})",
+        flood.len()
     );
     println!(
         "front_door: {FLEET} instances, plain body {body} bytes; {SLOW_READERS} slow readers held ({held} sockets, \
@@ -526,4 +532,5 @@ async fn slow_readers_share_one_body_and_sigterm_exits_on_time() {
         grown as f64 / body as f64
     );
     drop(readers);
+    drop(flood);
 }
