@@ -1070,3 +1070,48 @@ async fn a_node_on_a_unix_socket() {
         map(&[("", 1.0)])
     );
 }
+
+/// `CLUSTER NODES` is held to `[das] max_body_bytes` like `CLIENT LIST`: with a 250-character
+/// announced hostname per node, the seed's reply passes 1 KiB and the instance is down with
+/// `code="invalid_response"` before any node is asked for its clients.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_nodes_reply_over_max_body_bytes_fails_the_poll() {
+    const CAP: usize = 1024;
+    let (nodes, addrs) = start_cluster();
+    for (i, n) in nodes.iter().enumerate() {
+        let host = format!("{}{i}", "h".repeat(250));
+        let reply = n.admin(&["CONFIG", "SET", "cluster-announce-hostname", &host]);
+        assert!(reply.starts_with("+OK"), "{reply}");
+    }
+    // The hostnames travel by gossip; wait until the seed's reply is past the cap.
+    let end = Instant::now() + Duration::from_secs(30);
+    while nodes[0].admin(&["CLUSTER", "NODES"]).len() <= CAP + 16 {
+        assert!(Instant::now() < end, "the hostnames did not spread");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cfg = direct_config(&format!(
+        "[[instances]]\nid = \"r-wide\"\nsource = \"direct\"\naddress = \"redis://{}\"\ncluster = true\n",
+        addrs[0]
+    ))
+    .replace("[das]\n", &format!("[das]\nmax_body_bytes = {CAP}\n"));
+    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
+    let text = scrape_until((&exporter_proc, exporter), "a failed poll", |t| {
+        !by_labels(t, "redis_session_exporter_poll_errors_total", "r-wide").is_empty()
+    })
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_session_exporter_poll_errors_total", "r-wide")
+            .into_keys()
+            .collect::<Vec<_>>(),
+        vec!["code=\"invalid_response\"".to_owned()]
+    );
+    assert_eq!(
+        by_labels(&text, "redis_session_up", "r-wide"),
+        map(&[("", 0.0)])
+    );
+    let out = exporter_proc.output();
+    assert!(
+        out.contains(&format!("exceeds das.max_body_bytes ({CAP})")),
+        "{out}"
+    );
+}
