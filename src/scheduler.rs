@@ -163,17 +163,28 @@ impl Scheduler {
             .filter(|id| !wanted.contains_key(id.as_str()))
             .cloned()
             .collect();
-        for id in gone {
-            if let Some(t) = self.tasks.remove(&id) {
+        // Stopped first, each under its `live` lock so no late publish brings it back; then
+        // removed from the store together (one copy of its map, however many go).
+        let mut stopped = Vec::with_capacity(gone.len());
+        for id in &gone {
+            if let Some(t) = self.tasks.remove(id) {
                 t.cancel.cancel();
                 t.handle.abort();
-                let mut live = t.live.lock().unwrap_or_else(|p| p.into_inner());
-                *live = false;
-                self.store.remove(&id);
-                self.metrics.forget_instance(&id);
+                *t.live.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                self.metrics.forget_instance(id);
+                stopped.push(id.as_str());
             }
             tracing::info!(instance_id = %id, "instance removed");
         }
+        self.store.remove_all(&stopped);
+        // New instances are published as pending together, before their tasks start (a task's
+        // first poll must not be overwritten by its pending entry).
+        self.store.publish_all(
+            cfg.instances
+                .iter()
+                .filter(|i| !self.tasks.contains_key(&i.id))
+                .map(|i| InstanceEntry::pending(&i.id)),
+        );
         for inst in &cfg.instances {
             let state = match self.tasks.get(&inst.id) {
                 Some(t) if t.config == *inst => continue,
@@ -185,7 +196,6 @@ impl Scheduler {
                     t.state
                 }
                 None => {
-                    self.store.publish(InstanceEntry::pending(&inst.id));
                     tracing::info!(instance_id = %inst.id, "instance added");
                     Arc::default()
                 }

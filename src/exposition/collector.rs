@@ -4,7 +4,7 @@
 //! encode. Each family is written once, with every instance's samples inside it, and only when at
 //! least one instance has a sample for it (no `# HELP` without samples).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -41,11 +41,11 @@ impl Collector for InstanceCollector {
 /// Writes every per-instance family of `instances`.
 pub fn encode_instances(
     mut encoder: DescriptorEncoder,
-    instances: &BTreeMap<String, Arc<InstanceEntry>>,
+    instances: &[Arc<InstanceEntry>],
 ) -> fmt::Result {
     // Instances not polled yet export nothing but count in `redis_session_exporter_instances`.
     let polled: Vec<(&str, &InstanceSeries)> = instances
-        .values()
+        .iter()
         .filter_map(|e| e.series.as_ref().map(|s| (e.id.as_str(), s)))
         .collect();
     let mut buckets = Vec::new();

@@ -228,7 +228,7 @@ async fn landing(State(st): State<AppState>) -> Html<String> {
          <table><tr><th>Instance</th><th>Last poll</th><th>Result</th><th>Sessions</th></tr>",
         env!("CARGO_PKG_VERSION")
     );
-    for e in st.store.snapshot().values() {
+    for e in st.store.snapshot().iter() {
         let when = e
             .last_poll_unix
             .map(|t| {

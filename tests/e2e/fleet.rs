@@ -632,6 +632,67 @@ async fn replicas_split_the_discovered_fleet() {
     polled_by_exactly_one(sim, &four, &want).await;
 }
 
+/// A `[[discovery]]` block polls at most 10,000 instances, all its regions together: with
+/// 6,000 in each of two regions, the first region by name is kept whole and the second up to the
+/// bound, in id order; the rest are ignored with a warning.
+#[tokio::test]
+async fn a_block_polls_at_most_ten_thousand_instances_across_its_regions() {
+    const PER_REGION: usize = 6_000;
+    const MAX: usize = 10_000;
+    let (_sim, sim) = start_simulator(SIM);
+    // Minimal entries: the simulator's JSON body limit (2 MB) must hold 12,000 of them.
+    let region_list = ["cn-hangzhou", "cn-beijing"];
+    let inv: Vec<Value> = region_list
+        .iter()
+        .flat_map(|region| {
+            (0..PER_REGION).map(move |i| {
+                json!({"InstanceId": format!("r-{}-{i:05}", &region[3..]),
+                       "RegionId": region, "InstanceStatus": "Normal"})
+            })
+        })
+        .collect();
+    put_json(sim, "/_sim/inventory", &Value::Array(inv)).await;
+    // cn-beijing sorts first: all of it, then cn-hangzhou's lowest ids up to the bound.
+    let want: BTreeSet<String> = (0..PER_REGION)
+        .map(|i| format!("r-beijing-{i:05}"))
+        .chain((0..MAX - PER_REGION).map(|i| format!("r-hangzhou-{i:05}")))
+        .collect();
+    let config = format!(
+        "[das]\nendpoint = \"http://{sim}\"\ntimeout = \"5s\"\n[poll]\ninterval = \"24h\"\n\
+         [[discovery]]\nregions = {region_list:?}\nrefresh = \"1h\"\nendpoint = \"http://{sim}\"\n"
+    );
+    let (exporter, addr) = start_exporter(&config, &[]);
+    // The landing page lists every instance polled, pending ones too (/metrics shows an
+    // instance only after its first poll, and the 24 h interval spreads those over the day).
+    let listed = || async {
+        let (_, _, body) = get(addr, "/", &[]).await;
+        String::from_utf8_lossy(&body)
+            .split("<tr><td>")
+            .skip(1)
+            .filter_map(|row| row.split_once("</td>").map(|(id, _)| id.to_owned()))
+            .collect::<BTreeSet<String>>()
+    };
+    let problems = wait_until_or_last(Duration::from_secs(120), || async {
+        let got = listed().await;
+        if got == want {
+            return vec![];
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        vec![format!(
+            "{} instances polled, want {MAX}; outside the expected set: {:?}",
+            got.len(),
+            got.difference(&want).take(5).collect::<Vec<_>>()
+        )]
+    })
+    .await;
+    assert!(problems.is_empty(), "{problems:?}");
+    let out = exporter.output();
+    assert!(
+        out.contains("found more instances than it may poll") && out.contains("dropped=2000"),
+        "{out}"
+    );
+}
+
 #[test]
 fn bad_fleet_settings_are_refused_with_the_key() {
     let six_tags = "[[discovery]]\nregions = [\"cn-hangzhou\"]\ntags = { a = \"1\", b = \"2\", c = \"3\", d = \"4\", e = \"5\", f = \"6\" }\nrefresh = \"10ms\"\narchitecture = \"ring\"\n[[discovery]]\nregions = []\n";
