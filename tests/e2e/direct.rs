@@ -963,6 +963,30 @@ async fn a_rotated_password_file_is_read_at_reconnect() {
     );
 }
 
+/// Runs the exporter on `cfg` until instance `id` has failed a poll, and checks that it failed
+/// only for a reply over the `cap` (`invalid_response`, the cap named in the log) and is down.
+/// Returns the last scrape.
+async fn refused_over_cap(cfg: &str, id: &str, cap: usize) -> String {
+    let (exporter_proc, exporter) = start_exporter(cfg, &[]);
+    let text = scrape_until((&exporter_proc, exporter), "a failed poll", |t| {
+        !by_labels(t, "redis_session_exporter_poll_errors_total", id).is_empty()
+    })
+    .await;
+    assert_eq!(
+        by_labels(&text, "redis_session_exporter_poll_errors_total", id)
+            .into_keys()
+            .collect::<Vec<_>>(),
+        vec!["code=\"invalid_response\"".to_owned()]
+    );
+    assert_eq!(by_labels(&text, "redis_session_up", id), map(&[("", 0.0)]));
+    let out = exporter_proc.output();
+    assert!(
+        out.contains(&format!("exceeds das.max_body_bytes ({cap})")),
+        "{out}"
+    );
+    text
+}
+
 /// `CLIENT LIST` replies are taken only up to `[das] max_body_bytes`: with the smallest cap
 /// (1 KiB) and a dozen clients (about 3 KiB of reply) the instance is down with
 /// `code="invalid_response"` and no figure; the reply is never parsed.
@@ -977,24 +1001,8 @@ async fn a_reply_over_max_body_bytes_fails_the_poll() {
         r.port
     ))
     .replace("[das]\n", "[das]\nmax_body_bytes = 1024\n");
-    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
-    let text = scrape_until((&exporter_proc, exporter), "a failed poll", |t| {
-        !by_labels(t, "redis_session_exporter_poll_errors_total", "r-big").is_empty()
-    })
-    .await;
-    assert_eq!(
-        by_labels(&text, "redis_session_exporter_poll_errors_total", "r-big")
-            .into_keys()
-            .collect::<Vec<_>>(),
-        vec!["code=\"invalid_response\"".to_owned()]
-    );
-    assert_eq!(
-        by_labels(&text, "redis_session_up", "r-big"),
-        map(&[("", 0.0)])
-    );
+    let text = refused_over_cap(&cfg, "r-big", 1024).await;
     assert!(by_labels(&text, "redis_sessions", "r-big").is_empty());
-    let out = exporter_proc.output();
-    assert!(out.contains("exceeds das.max_body_bytes (1024)"), "{out}");
     drop(clients);
 }
 
@@ -1094,24 +1102,5 @@ async fn a_cluster_nodes_reply_over_max_body_bytes_fails_the_poll() {
         addrs[0]
     ))
     .replace("[das]\n", &format!("[das]\nmax_body_bytes = {CAP}\n"));
-    let (exporter_proc, exporter) = start_exporter(&cfg, &[]);
-    let text = scrape_until((&exporter_proc, exporter), "a failed poll", |t| {
-        !by_labels(t, "redis_session_exporter_poll_errors_total", "r-wide").is_empty()
-    })
-    .await;
-    assert_eq!(
-        by_labels(&text, "redis_session_exporter_poll_errors_total", "r-wide")
-            .into_keys()
-            .collect::<Vec<_>>(),
-        vec!["code=\"invalid_response\"".to_owned()]
-    );
-    assert_eq!(
-        by_labels(&text, "redis_session_up", "r-wide"),
-        map(&[("", 0.0)])
-    );
-    let out = exporter_proc.output();
-    assert!(
-        out.contains(&format!("exceeds das.max_body_bytes ({CAP})")),
-        "{out}"
-    );
+    refused_over_cap(&cfg, "r-wide", CAP).await;
 }
