@@ -98,9 +98,11 @@ impl Store {
     /// instances it does not hold yet.
     pub fn publish_all(&self, entries: impl IntoIterator<Item = InstanceEntry>) {
         let mut added: Vec<(String, Arc<Slot>)> = Vec::new();
+        let mut published = false;
         {
             let slots = self.slots.load();
             for e in entries {
+                published = true;
                 match slots.get(&e.id) {
                     Some(slot) => slot.store(Arc::new(e)),
                     None => added.push((e.id.clone(), Arc::new(ArcSwap::from_pointee(e)))),
@@ -114,7 +116,11 @@ impl Store {
                 m
             });
         }
-        self.bump();
+        // Nothing published (a reload that adds no instance): the bodies cached for the
+        // current generation stay current.
+        if published {
+            self.bump();
+        }
     }
 
     fn bump(&self) {

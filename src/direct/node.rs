@@ -63,13 +63,10 @@ fn is_tls_error(e: &RedisError) -> bool {
         if c.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(wire::holds_rustls_error)
+        {
+            return true;
         }
         cause = c.source();
     }

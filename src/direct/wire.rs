@@ -219,10 +219,15 @@ async fn tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, PollError> 
     Ok(s)
 }
 
-/// An I/O failure while opening: `tls` when rustls refused the handshake (tokio-rustls hands
-/// its error over inside the `io::Error`), else `connection`.
+/// Whether rustls' own error is inside `e` (tokio-rustls hands its errors over that way, and
+/// `io::Error` shows its inner error only through `get_ref`).
+pub(super) fn holds_rustls_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
+/// An I/O failure while opening: `tls` when rustls refused the handshake, else `connection`.
 fn io_error(e: &io::Error) -> PollError {
-    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+    if holds_rustls_error(e) {
         return PollError::Other {
             code: "tls",
             message: e.to_string(),
